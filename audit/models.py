@@ -1,0 +1,30 @@
+"""The append-only, hash-chained audit log."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class AuditEntry(models.Model):
+    """One event, recorded once. ``hash`` covers the content and ``prev_hash``.
+
+    ``prev_hash`` is unique, so two appends that read the same head cannot both
+    commit: the chain cannot fork, whatever the number of workers.
+    """
+
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=100)
+    actor = models.BigIntegerField(null=True, blank=True)
+    upload_id = models.CharField(max_length=64, db_index=True)
+    payload_digest = models.CharField(max_length=64)
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField()
+    prev_hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["pk"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.event_type} {self.upload_id}"

@@ -1,0 +1,41 @@
+"""Test settings: the base settings with only what tests need changed.
+
+Integration tests run real Celery workers in other processes, so the test database
+must be a file (SQLite) or a server (PostgreSQL) those processes can open too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import BASE_DIR, DATABASES, INSTALLED_APPS, env
+
+# A probe consumer and event type that tests use to inject failures into a real worker.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.probe"]
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+_test_db_dir = Path(env("TEST_VAR_DIR", default=str(BASE_DIR / "var" / "test")))
+_test_db_dir.mkdir(parents=True, exist_ok=True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(_test_db_dir / "test-db.sqlite3")}
+    DATABASES["default"]["NAME"] = str(_test_db_dir / "db.sqlite3")
+# Worker processes that tests start open the test database by this name.
+if env("EVENTS_TEST_DATABASE_NAME", default=""):
+    DATABASES["default"]["NAME"] = env("EVENTS_TEST_DATABASE_NAME")
+
+MEDIA_ROOT = _test_db_dir / "media"
+
+# Fast retries and a short stale window keep fault-injection tests quick.
+EVENTS_RETRY_BACKOFF_SECONDS = 0.05
+EVENTS_RETRY_BACKOFF_MAX_SECONDS = 1
+EVENTS_STALE_AFTER_SECONDS = env.int("EVENTS_STALE_AFTER_SECONDS", default=6)
+
+# Workers that tests start write mail where the tests can read it.
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = _test_db_dir / "mail"
+
+# Never the machine's Redis: tests/conftest.py starts a private redis-server and points
+# the Celery app (and the workers it starts) at it. Port 1 refuses at once meanwhile.
+CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:1/0")

@@ -1,0 +1,1 @@
+"""The shared kernel: event envelope, outbox, delivery ledger, consumer registry."""

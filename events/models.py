@@ -1,0 +1,115 @@
+"""The event log, which doubles as the transactional outbox, and the delivery ledger."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from events.schemas import Envelope
+
+
+class Event(models.Model):
+    """One stored domain event. Appended in the producer's transaction; never changed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=100, db_index=True)
+    version = models.PositiveSmallIntegerField()
+    occurred_at = models.DateTimeField(db_index=True)
+    aggregate_id = models.CharField(max_length=64, db_index=True)
+    actor = models.BigIntegerField(null=True, blank=True, help_text="User id, if a user acted.")
+    payload = models.JSONField()
+    correlation_id = models.CharField(max_length=64, blank=True, default="")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        indexes = [models.Index(fields=["recorded_at"], name="event_recorded_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} v{self.version} {self.aggregate_id} ({self.id})"
+
+    def to_envelope(self) -> Envelope:
+        """The event as stored, at its stored version (not yet upcast)."""
+        return Envelope(
+            id=self.id,
+            type=self.type,
+            version=self.version,
+            occurred_at=self.occurred_at,
+            aggregate_id=self.aggregate_id,
+            actor=self.actor,
+            payload=self.payload,
+            correlation_id=self.correlation_id,
+        )
+
+
+class Delivery(models.Model):
+    """The fate of one event at one consumer: the consumer's dedupe ledger."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        RETRYING = "retrying", "retrying"
+        DONE = "done", "done"
+        DEAD = "dead", "dead"
+
+    OPEN_STATES = (State.PENDING, State.RETRYING)
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    consumer = models.CharField(max_length=100)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    task_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="Last Celery task id."
+    )
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a message for it was last put on the broker."
+    )
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next retry is due.")
+    completed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "consumer"], name="delivery_event_consumer_uniq"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["state", "enqueued_at"],
+                name="delivery_open_idx",
+                condition=Q(state__in=["pending", "retrying"]),
+            ),
+            models.Index(fields=["consumer", "state"], name="delivery_consumer_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} ← {self.event_id} [{self.state}]"
+
+
+class DeliveryAttempt(models.Model):
+    """One try of a delivery by a worker: what an operator reads to see what happened."""
+
+    class Outcome(models.TextChoices):
+        DONE = "done", "done"
+        RETRY = "retry", "retry"
+        DEAD = "dead", "dead"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="tries")
+    number = models.PositiveIntegerField()
+    task_id = models.CharField(max_length=64, blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+
+    def __str__(self) -> str:
+        return f"try {self.number} of {self.delivery_id}: {self.outcome}"

@@ -1,0 +1,99 @@
+"""The consumer registry: which app handles which event types, on which queue.
+
+Each consumer app declares itself once, from its own ``AppConfig.ready()``::
+
+    register_consumer(Consumer(
+        name="indexing",
+        queue="indexing",
+        handlers={"file.uploaded": handlers.index_upload, "file.deleted": handlers.drop_upload},
+    ))
+
+The producer never imports a consumer: a fourth consumer touches no existing app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from events.schemas import Envelope
+
+
+@dataclass(frozen=True)
+class TwoStepHandler:
+    """A handler whose slow part runs outside the delivery's transaction.
+
+    ``prepare`` does slow work without side effects (reading a file, extracting its
+    text) before any row is locked, so a long extraction never holds a lock (on SQLite,
+    the whole database's write lock). ``apply`` receives its result and writes inside
+    the transaction that marks the delivery done. ``prepare`` may run more than once
+    for one delivery; only one ``apply`` commits.
+    """
+
+    prepare: Callable[[Envelope], Any]
+    apply: Callable[[Envelope, Any], None]
+
+
+Handler = Callable[[Envelope], None] | TwoStepHandler
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One independent reaction to events, with its own queue, retries and time limits.
+
+    A handler (a callable, or a ``TwoStepHandler``) runs inside the transaction that
+    marks its delivery done, so its database writes commit together with the ledger.
+    It raises ``PermanentError`` for input no retry can fix; any other exception is
+    retried with exponential backoff and jitter until ``max_attempts`` tries failed.
+    """
+
+    name: str
+    queue: str
+    handlers: Mapping[str, Handler]
+    max_attempts: int = 8
+    time_limit: int = 120
+    soft_time_limit: int = 100
+
+    @property
+    def task_name(self) -> str:
+        """The Celery task name, as Flower shows it: which consumer, doing what."""
+        return f"{self.name}.handle_event"
+
+    def handles(self, event_type: str) -> bool:
+        """Whether this consumer subscribes to ``event_type``."""
+        return event_type in self.handlers
+
+
+_consumers: dict[str, Consumer] = {}
+
+
+def register_consumer(consumer: Consumer) -> Consumer:
+    """Add ``consumer`` to the registry and create its Celery task."""
+    from events.tasks import create_consumer_task
+
+    existing = _consumers.get(consumer.name)
+    if existing is not None and existing != consumer:
+        raise ValueError(f"consumer {consumer.name!r} is registered twice")
+    _consumers[consumer.name] = consumer
+    create_consumer_task(consumer)
+    return consumer
+
+
+def get_consumer(name: str) -> Consumer:
+    """The consumer called ``name``; ``LookupError`` with the known names otherwise."""
+    try:
+        return _consumers[name]
+    except KeyError:
+        known = ", ".join(sorted(_consumers)) or "none"
+        raise LookupError(f"unknown consumer {name!r} (known: {known})") from None
+
+
+def all_consumers() -> list[Consumer]:
+    """Every registered consumer, in the order their apps registered them."""
+    return list(_consumers.values())
+
+
+def consumers_for(event_type: str) -> list[Consumer]:
+    """The consumers subscribed to ``event_type``, in registration order."""
+    return [consumer for consumer in all_consumers() if consumer.handles(event_type)]

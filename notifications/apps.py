@@ -1,0 +1,24 @@
+from django.apps import AppConfig
+
+
+class NotificationsConfig(AppConfig):
+    name = "notifications"
+    verbose_name = "Notifications"
+
+    def ready(self) -> None:
+        from events.registry import Consumer, register_consumer
+        from notifications import handlers
+        from uploads.events import FILE_DELETED, FILE_UPLOADED
+
+        register_consumer(
+            Consumer(
+                name="notifications",
+                queue="notifications",
+                handlers={
+                    FILE_UPLOADED: handlers.notify_upload,
+                    FILE_DELETED: handlers.notify_deletion,
+                },
+                time_limit=60,
+                soft_time_limit=45,
+            )
+        )

@@ -1,0 +1,82 @@
+"""Shared fixtures: a private Redis, a live Celery worker, users."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import current_app
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from tests.services import ROOT, CeleryWorker, RedisServer
+
+ALL_QUEUES = "notifications,indexing,audit,events,probe"
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = ROOT / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the whole session; the Celery app publishes to it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    current_app.conf.broker_url = server.url
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings) -> Iterator[None]:
+    """Each test starts with empty media and mail folders."""
+    for folder in (Path(settings.MEDIA_ROOT), Path(settings.EMAIL_FILE_PATH)):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    yield
+
+
+@pytest.fixture(scope="session")
+def _session_worker(
+    redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path
+) -> Iterator[CeleryWorker]:
+    worker = CeleryWorker(
+        broker_url=redis_server.url,
+        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
+        queues=ALL_QUEUES,
+        log_path=artifacts_dir / "worker.log",
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def live_worker(
+    _session_worker: CeleryWorker, redis_server: RedisServer, transactional_db: None
+) -> CeleryWorker:
+    """A real worker on every queue, sharing the test database; restarted if a test killed it.
+
+    Tests that use it see committed data only, so they run with ``transactional_db``.
+    """
+    if not redis_server.is_up():
+        redis_server.start()
+    if not _session_worker.running:
+        _session_worker.start()
+    return _session_worker
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("alice", "alice@example.com", "correct horse battery")
+
+
+@pytest.fixture
+def other_user(db: None) -> User:
+    return User.objects.create_user("bob", "bob@example.com", "correct horse battery")
