@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,8 @@ ALL_QUEUES = "notifications,indexing,audit,events,probe"
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
-    path = ROOT / "test-artifacts"
-    path.mkdir(exist_ok=True)
+    path = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 

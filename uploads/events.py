@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mimetypes
+
 from events.schemas import EventSchema, schemas
 
 FILE_UPLOADED = "file.uploaded"
@@ -19,6 +21,31 @@ schemas.declare(
             # Path in Django's default storage; consumers read the bytes through it.
             "storage_name": str,
         },
+    )
+)
+
+
+def _file_uploaded_v1_to_v2(payload: dict) -> dict:
+    """v1 carried neither digest nor type: guess the type from the name; digest unknown."""
+    guessed = mimetypes.guess_type(payload["name"])[0] or "application/octet-stream"
+    return {**payload, "content_type": guessed, "sha256": ""}
+
+
+schemas.declare(
+    EventSchema(
+        type=FILE_UPLOADED,
+        version=2,
+        fields={
+            "upload_id": int,
+            "owner_id": int,
+            "name": str,
+            "size": int,
+            "storage_name": str,
+            "content_type": str,
+            # Hex SHA-256 of the bytes; "" for events upcast from v1, which lacked it.
+            "sha256": str,
+        },
+        upcast=_file_uploaded_v1_to_v2,
     )
 )
 

@@ -96,6 +96,8 @@ def create_upload(
                     "name": upload.original_name,
                     "size": upload.size,
                     "storage_name": upload.file.name,
+                    "content_type": upload.content_type,
+                    "sha256": upload.sha256,
                 },
             )
     except BaseException:
