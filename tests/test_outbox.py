@@ -1,0 +1,222 @@
+"""The transactional outbox: what a producer's transaction stores and publishes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from celery import current_app
+from django.core.management import call_command
+from django.db import transaction
+from django.utils import timezone
+
+from events.models import Delivery, Event
+from events.services import deliveries_to_relay, record_event, relay_outbox, retry_countdown
+from tests.factories import upload_text
+from uploads.models import Upload
+from uploads.services import delete_upload
+
+pytestmark = pytest.mark.django_db
+
+
+def stored_files(settings) -> list[Path]:
+    return [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
+
+
+@pytest.fixture
+def sent_tasks():
+    """Record what is published, while still publishing it to the test Redis."""
+    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
+        yield spy
+
+
+def test_upload_stores_event_and_one_pending_delivery_per_consumer(user):
+    upload = upload_text(user, "abc")
+
+    event = Event.objects.get(aggregate_id=str(upload.pk))
+    assert (event.type, event.version, event.actor) == ("file.uploaded", 2, user.pk)
+    assert event.payload["sha256"] == upload.sha256
+    assert event.payload["storage_name"] == upload.file.name
+    assert sorted(Delivery.objects.filter(event=event).values_list("consumer", "state")) == [
+        ("audit", "pending"),
+        ("indexing", "pending"),
+        ("notifications", "pending"),
+    ]
+
+
+def test_commit_enqueues_one_task_per_consumer_on_its_own_queue(
+    user, sent_tasks, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        upload = upload_text(user)
+
+    published = {call.args[0]: call.kwargs["queue"] for call in sent_tasks.call_args_list}
+    assert published == {
+        "notifications.handle_event": "notifications",
+        "indexing.handle_event": "indexing",
+        "audit.handle_event": "audit",
+    }
+    event = Event.objects.get(aggregate_id=str(upload.pk))
+    kwargs = sent_tasks.call_args_list[0].kwargs["kwargs"]
+    assert set(kwargs) == {"delivery_id", "event_id", "event_type"}
+    assert kwargs["event_id"] == str(event.id)
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert not Delivery.objects.filter(event=event, enqueued_at__isnull=True).exists()
+
+
+def test_nothing_is_published_before_commit(user, sent_tasks, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        upload_text(user)
+
+    assert len(callbacks) == 1
+    sent_tasks.assert_not_called()
+
+
+def test_failed_upload_transaction_publishes_nothing_and_leaves_no_file(
+    user, settings, sent_tasks, django_capture_on_commit_callbacks
+):
+    with (
+        mock.patch("uploads.services.record_event", side_effect=RuntimeError("database went away")),
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError, match="database went away"),
+    ):
+        upload_text(user)
+
+    assert not Upload.objects.exists()
+    assert not Event.objects.exists()
+    assert not Delivery.objects.exists()
+    assert stored_files(settings) == []
+    sent_tasks.assert_not_called()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_inside_a_callers_transaction_is_refused(user, settings):
+    # A caller's later rollback would leave the stored file behind, so it is refused.
+    with pytest.raises(RuntimeError), transaction.atomic():
+        upload_text(user)
+
+    assert not Upload.objects.exists()
+    assert not Event.objects.exists()
+    assert stored_files(settings) == []
+
+
+def test_recording_an_event_outside_a_transaction_is_refused():
+    with (
+        mock.patch("events.services.connection.in_atomic_block", False),
+        pytest.raises(RuntimeError, match=r"inside transaction\.atomic"),
+    ):
+        record_event(
+            event_type="file.deleted",
+            aggregate_id=1,
+            payload={"upload_id": 1, "owner_id": 1, "name": "a"},
+        )
+
+
+def test_deleted_upload_keeps_its_file_until_the_transaction_commits(
+    user, settings, django_capture_on_commit_callbacks
+):
+    upload = upload_text(user)
+    upload_id = upload.pk
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        delete_upload(upload, actor=user)
+    assert len(stored_files(settings)) == 1
+    for callback in callbacks:
+        callback()
+
+    assert stored_files(settings) == []
+    event = Event.objects.get(aggregate_id=str(upload_id), type="file.deleted")
+    assert event.payload == {"upload_id": upload_id, "owner_id": user.pk, "name": "notes.txt"}
+    assert Delivery.objects.filter(event=event).count() == 3
+
+
+def test_relay_takes_never_enqueued_and_stale_deliveries_only(user, settings):
+    upload_text(user)
+    now = timezone.now()
+    stale = now - dt.timedelta(seconds=settings.EVENTS_STALE_AFTER_SECONDS + 1)
+    fresh = now - dt.timedelta(seconds=1)
+    never, stale_one, fresh_one = Delivery.objects.order_by("pk")
+    Delivery.objects.filter(pk=never.pk).update(created_at=stale, enqueued_at=None)
+    Delivery.objects.filter(pk=stale_one.pk).update(created_at=stale, enqueued_at=stale)
+    Delivery.objects.filter(pk=fresh_one.pk).update(created_at=stale, enqueued_at=fresh)
+
+    assert set(deliveries_to_relay(now).values_list("pk", flat=True)) == {never.pk, stale_one.pk}
+
+    # A retry due in the future is not stale, whenever it was first enqueued.
+    Delivery.objects.filter(pk=stale_one.pk).update(retry_at=now + dt.timedelta(seconds=30))
+    assert set(deliveries_to_relay(now).values_list("pk", flat=True)) == {never.pk}
+
+    # Finished deliveries are never relayed.
+    Delivery.objects.filter(pk=never.pk).update(state="done")
+    assert not deliveries_to_relay(now).exists()
+
+
+def test_a_delivery_just_created_is_left_to_its_own_on_commit_publish(user):
+    upload_text(user)
+    assert not deliveries_to_relay().exists()
+
+
+def test_relay_outbox_publishes_what_was_never_enqueued(user, sent_tasks):
+    upload_text(user)
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    Delivery.objects.update(created_at=long_ago)
+
+    result = relay_outbox()
+
+    assert (result.published, result.broker_failed) == (3, False)
+    assert sent_tasks.call_count == 3
+    assert not Delivery.objects.filter(enqueued_at__isnull=True).exists()
+    assert relay_outbox().published == 0
+
+
+def test_retry_countdown_grows_exponentially_with_jitter_up_to_a_cap(settings):
+    settings.EVENTS_RETRY_BACKOFF_SECONDS = 2
+    settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS = 60
+
+    for attempts, ceiling in [(1, 2), (2, 4), (3, 8), (6, 60), (30, 60)]:
+        samples = [retry_countdown(attempts) for _ in range(50)]
+        assert all(ceiling / 2 <= s <= ceiling for s in samples)
+        assert len(set(samples)) > 1
+
+
+def test_event_status_json_has_the_documented_shape(user, capsys):
+    upload_text(user)
+    Delivery.objects.filter(consumer="audit").update(state="dead")
+
+    call_command("event_status", "--json")
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["events"] == {"total": 1, "unenqueued": 1}
+    # The test settings add probe consumers after the three real ones.
+    assert list(status["consumers"])[:3] == ["notifications", "indexing", "audit"]
+    assert set(status["consumers"]["notifications"]) == {
+        "done",
+        "pending",
+        "retrying",
+        "dead",
+        "oldest_pending_seconds",
+    }
+    assert status["consumers"]["notifications"]["pending"] == 1
+    assert status["consumers"]["notifications"]["oldest_pending_seconds"] >= 0
+    assert status["consumers"]["audit"]["dead"] == 1
+    assert status["consumers"]["audit"]["oldest_pending_seconds"] is None
+
+
+def test_event_status_prints_a_table_by_default(user, capsys):
+    upload_text(user)
+
+    call_command("event_status")
+
+    out = capsys.readouterr().out
+    assert "events: 1 total, 1 not yet enqueued" in out
+    assert out.splitlines()[1].split() == [
+        "consumer",
+        "done",
+        "pending",
+        "retrying",
+        "dead",
+        "oldest_pending_seconds",
+    ]
