@@ -1,15 +1,34 @@
-"""The search index, for looking only."""
+"""The search index, for looking only: entries are written by the consumer alone."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from indexing.models import IndexEntry
+
+TEXT_PREVIEW_CHARS = 2_000
 
 
 @admin.register(IndexEntry)
 class IndexEntryAdmin(admin.ModelAdmin):
     list_display = ("name", "upload_id", "owner_id", "deleted", "note", "indexed_at")
     list_filter = ("deleted",)
-    search_fields = ("name", "upload_id")
-    readonly_fields = ("upload_id", "owner_id", "name", "text", "note", "deleted", "indexed_at")
+    search_fields = ("name", "=upload_id")
+    fields = ("upload_id", "owner_id", "name", "deleted", "note", "indexed_at", "text_preview")
+    readonly_fields = fields
+
+    @admin.display(description="text (start)")
+    def text_preview(self, entry: IndexEntry) -> str:
+        # The text can be a million characters; the page shows its start.
+        return entry.text[:TEXT_PREVIEW_CHARS]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: IndexEntry | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: IndexEntry | None = None) -> bool:
+        # Deleting a tombstone would let a late file.uploaded resurrect the file.
+        return False

@@ -1,7 +1,11 @@
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class IndexingConfig(AppConfig):
+    """The indexing consumer: full-text index of uploads, search page and command."""
+
     name = "indexing"
     verbose_name = "Search index"
 
@@ -15,6 +19,8 @@ class IndexingConfig(AppConfig):
                 name="indexing",
                 queue="indexing",
                 handlers={
+                    # Two steps: the file is read and its text extracted before the
+                    # delivery's transaction (and SQLite's write lock) is taken.
                     FILE_UPLOADED: handlers.index_upload,
                     FILE_DELETED: handlers.remove_upload,
                 },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from django.contrib.auth.models import User
 from tests.services import ROOT, CeleryWorker, RedisServer
 
 ALL_QUEUES = "notifications,indexing,audit,events,probe"
+# Workers this session started, so teardown knows whether anyone may still be writing.
+_started_workers: list[CeleryWorker] = []
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,7 @@ def _session_worker(
         log_path=artifacts_dir / "worker.log",
     )
     worker.start()
+    _started_workers.append(worker)
     yield worker
     worker.stop()
 
@@ -71,6 +75,34 @@ def live_worker(
     if not _session_worker.running:
         _session_worker.start()
     return _session_worker
+
+
+@pytest.fixture(autouse=True)
+def _worker_quiet_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Let the session worker finish what a transactional test enqueued before the flush.
+
+    Emptying the tables while the worker still writes deliveries deadlocks on PostgreSQL
+    (TRUNCATE against row locks). Requesting ``transactional_db`` here makes this
+    teardown run before its flush.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(
+        marker and marker.kwargs.get("transaction")
+    )
+    if not transactional:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    yield
+    if not any(worker.running for worker in _started_workers):
+        return
+    from events.models import Delivery
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        Delivery.objects.filter(state__in=Delivery.OPEN_STATES, enqueued_at__isnull=False).exists()
+    ):
+        time.sleep(0.1)
 
 
 @pytest.fixture
