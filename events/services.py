@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from events.correlation import get_correlation_id, task_headers
 from events.exceptions import InvalidEventError, PermanentError
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Handler, TwoStepHandler, consumers_for, get_consumer
@@ -72,7 +73,7 @@ def record_event(
         aggregate_id=str(aggregate_id),
         actor=actor,
         payload=stored_payload,
-        correlation_id=correlation_id,
+        correlation_id=correlation_id or get_correlation_id(),
     )
     deliveries = Delivery.objects.bulk_create(
         [Delivery(event=event, consumer=consumer.name) for consumer in consumers_for(event_type)]
@@ -109,7 +110,7 @@ def publish_deliveries_now(deliveries: Sequence[Delivery]) -> list[int]:
                     },
                     queue=consumer.queue,
                     producer=producer,
-                    headers={"correlation_id": delivery.event.correlation_id},
+                    headers=task_headers(delivery.event.correlation_id),
                 )
                 published.append(delivery.pk)
     except Exception as exc:

@@ -137,7 +137,6 @@ class CeleryWorker:
                 "INFO",
                 "--without-mingle",
                 "--without-gossip",
-                "--without-heartbeat",
             ],
             cwd=ROOT,
             env=env,

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so every later log line and every event of the request carries its id.
+    "config.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -100,9 +102,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             ),
         }
     )
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Keep connections between requests and tasks: Celery's Django fixup closes them after
+# every task otherwise, and reopening (plus the SQLite PRAGMAs above) costs more than a
+# delivery's own queries.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # ------------------------------------------------------------------------------
 # Files and uploads
@@ -215,17 +219,41 @@ FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
 # Logging
 # ------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+# "json": one JSON object per line, for log shippers; "plain": for people.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+# Every line says which request, command or task it belongs to (config/logging.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "correlation": {"()": "config.logging.CorrelationFilter"},
+    },
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
+        "plain": {
+            "format": (
+                "%(asctime)s %(levelname)s %(processName)s %(name)s "
+                "[%(correlation_id)s%(task_label)s]: %(message)s"
+            ),
+        },
+        "json": {"()": "config.logging.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["correlation"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# ------------------------------------------------------------------------------
+# Startup checks (events/checks.py)
+# ------------------------------------------------------------------------------
+# Workers refuse a stale window at or below a consumer's time limit: the relay would
+# publish deliveries again while their first task still runs. The ledger absorbs such
+# duplicates, so test settings may allow it for a short window; production never should.
+EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = env.bool("EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT", default=False)

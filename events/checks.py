@@ -1,0 +1,224 @@
+"""Configuration that would duplicate or lose work, refused before a worker starts.
+
+``delivery_config_problems`` is pure: it takes the numbers and flags and returns what is
+wrong, one sentence each. ``current_delivery_config`` reads them from the Celery app,
+Django settings and the consumer registry. ``config.celery`` calls both when a worker
+starts and exits with the problems; ``manage.py check`` (and so ``migrate`` and
+``runserver``) reports them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core import checks
+
+PICKLE_NAMES = frozenset({"pickle", "application/x-python-serialize"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One rule broken: a stable ``code`` (as in ``manage.py check``) and a sentence."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """What the delivery guarantees depend on, in seconds where a number is a duration.
+
+    ``consumer_time_limits`` maps each consumer task name to its hard time limit
+    (``None``: none of its own, so ``default_time_limit`` applies). ``task_acks`` maps
+    task names that override acking to ``(acks_late, reject_on_worker_lost)``.
+    """
+
+    visibility_timeout: float
+    retry_backoff_max: float
+    stale_after: float
+    default_time_limit: float | None
+    consumer_time_limits: Mapping[str, float | None]
+    acks_late: bool
+    reject_on_worker_lost: bool
+    task_acks: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
+    serializers: Mapping[str, str] = field(default_factory=dict)
+    accept_content: Sequence[str] = ("json",)
+    result_accept_content: Sequence[str] | None = None
+    allow_stale_below_time_limit: bool = False
+
+
+def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
+    """Every rule ``config`` breaks; empty when a worker may start."""
+    problems: list[Problem] = []
+    limits = _effective_limits(config)
+
+    unbounded = sorted(name for name, limit in limits.items() if not limit)
+    if unbounded:
+        problems.append(
+            Problem(
+                "events.E001",
+                f"no time limit for {', '.join(unbounded)}: a hung task would hold its message "
+                "unacknowledged for ever (set CELERY_TASK_TIME_LIMIT and each consumer's "
+                "time_limit)",
+            )
+        )
+
+    # With acks_late a message stays unacknowledged from the moment a worker takes it
+    # until the task ends: a retry holds it through its countdown (the ETA) and then
+    # its run, so both add up. Past the visibility timeout Redis hands it out again.
+    longest_name, longest = _longest(limits, config.default_time_limit)
+    held = config.retry_backoff_max + longest
+    if config.visibility_timeout <= held:
+        problems.append(
+            Problem(
+                "events.E002",
+                f"the broker visibility timeout ({_s(config.visibility_timeout)}) must exceed "
+                f"the longest retry countdown (EVENTS_RETRY_BACKOFF_MAX_SECONDS = "
+                f"{_s(config.retry_backoff_max)}) plus the longest task time limit "
+                f"({_s(longest)}, {longest_name}) = {_s(held)}: Redis would hand a message "
+                "that is still waiting or running to a second worker "
+                "(raise CELERY_VISIBILITY_TIMEOUT)",
+            )
+        )
+
+    late_without_reject = [
+        name
+        for name, (acks_late, reject) in {
+            "CELERY_TASK_ACKS_LATE": (
+                config.acks_late,
+                config.reject_on_worker_lost,
+            ),
+            **config.task_acks,
+        }.items()
+        if acks_late and not reject
+    ]
+    if late_without_reject:
+        problems.append(
+            Problem(
+                "events.E003",
+                f"acks late without reject on worker lost for {', '.join(late_without_reject)}: "
+                "a task whose pool process dies would be acknowledged and lost "
+                "(set CELERY_TASK_REJECT_ON_WORKER_LOST = True)",
+            )
+        )
+
+    pickled = sorted(name for name, value in config.serializers.items() if _is_pickle(value))
+    accepted = {
+        "CELERY_ACCEPT_CONTENT": config.accept_content,
+        "CELERY_RESULT_ACCEPT_CONTENT": config.result_accept_content or (),
+    }
+    pickled += sorted(name for name, values in accepted.items() if any(map(_is_pickle, values)))
+    if pickled:
+        problems.append(
+            Problem(
+                "events.E004",
+                f"pickle is allowed by {', '.join(pickled)}: a message could run code in a "
+                "worker; use json only",
+            )
+        )
+
+    # The relay republishes a delivery enqueued longer ago than the stale window. Below
+    # a consumer's time limit it would republish tasks that are still running; above
+    # the visibility timeout Redis redelivers first and the relay adds nothing.
+    consumer_limits = {
+        name: limit for name, limit in limits.items() if name in config.consumer_time_limits
+    }
+    if consumer_limits and not config.allow_stale_below_time_limit:
+        slowest_name, slowest = _longest(consumer_limits, None)
+        if config.stale_after <= slowest:
+            problems.append(
+                Problem(
+                    "events.E005",
+                    f"EVENTS_STALE_AFTER_SECONDS ({_s(config.stale_after)}) must be above every "
+                    f"consumer task time limit ({_s(slowest)}, {slowest_name}): the relay would "
+                    "publish deliveries again while their first task still runs",
+                )
+            )
+    if config.stale_after >= config.visibility_timeout:
+        problems.append(
+            Problem(
+                "events.E006",
+                f"EVENTS_STALE_AFTER_SECONDS ({_s(config.stale_after)}) must be below the broker "
+                f"visibility timeout ({_s(config.visibility_timeout)}): the relay exists to "
+                "republish what a killed worker left behind sooner than Redis would",
+            )
+        )
+    return problems
+
+
+def current_delivery_config(app: Any = None) -> DeliveryConfig:
+    """The configuration in force: Celery app ``app`` (default: the current one), settings, registry."""
+    from celery import current_app
+    from django.conf import settings
+
+    from events.registry import all_consumers
+
+    app = app or current_app
+    conf = app.conf
+    consumers = all_consumers()
+    task_acks = {}
+    for consumer in consumers:
+        task = app.tasks.get(consumer.task_name)
+        if task is not None:
+            task_acks[consumer.task_name] = (
+                bool(task.acks_late),
+                bool(task.reject_on_worker_lost),
+            )
+    transport_options = conf.broker_transport_options or {}
+    return DeliveryConfig(
+        # kombu's Redis transport default, when the option is not set.
+        visibility_timeout=float(transport_options.get("visibility_timeout", 3600)),
+        retry_backoff_max=float(settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS),
+        stale_after=float(settings.EVENTS_STALE_AFTER_SECONDS),
+        default_time_limit=conf.task_time_limit,
+        consumer_time_limits={c.task_name: c.time_limit for c in consumers},
+        acks_late=bool(conf.task_acks_late),
+        reject_on_worker_lost=bool(conf.task_reject_on_worker_lost),
+        task_acks=task_acks,
+        serializers={
+            "CELERY_TASK_SERIALIZER": conf.task_serializer,
+            "CELERY_RESULT_SERIALIZER": conf.result_serializer,
+            "CELERY_EVENT_SERIALIZER": conf.event_serializer,
+        },
+        accept_content=tuple(conf.accept_content or ()),
+        result_accept_content=tuple(conf.result_accept_content or ()) or None,
+        allow_stale_below_time_limit=getattr(
+            settings, "EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT", False
+        ),
+    )
+
+
+@checks.register("celery")
+def check_delivery_config(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Django system check: the same rules a worker enforces at startup."""
+    return [
+        checks.Error(problem.message, id=problem.code)
+        for problem in delivery_config_problems(current_delivery_config())
+    ]
+
+
+def _effective_limits(config: DeliveryConfig) -> dict[str, float | None]:
+    limits: dict[str, float | None] = {
+        name: limit or config.default_time_limit
+        for name, limit in config.consumer_time_limits.items()
+    }
+    limits["CELERY_TASK_TIME_LIMIT"] = config.default_time_limit
+    return limits
+
+
+def _longest(limits: Mapping[str, float | None], default: float | None) -> tuple[str, float]:
+    name, limit = max(limits.items(), key=lambda item: item[1] or 0, default=("none", default))
+    return name, float(limit or 0)
+
+
+def _is_pickle(value: str | None) -> bool:
+    return (value or "").lower() in PICKLE_NAMES
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:g} s"

@@ -1,0 +1,254 @@
+"""A worker refuses a configuration that would duplicate or lose work."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core import checks
+
+from events.checks import (
+    DeliveryConfig,
+    check_delivery_config,
+    current_delivery_config,
+    delivery_config_problems,
+)
+from tests.services import ROOT
+
+# The base settings' defaults: consumers' own limits 60 and 120, CELERY_TASK_TIME_LIMIT.
+DEFAULTS = DeliveryConfig(
+    visibility_timeout=3600,
+    retry_backoff_max=600,
+    stale_after=300,
+    default_time_limit=120,
+    consumer_time_limits={
+        "notifications.handle_event": 60,
+        "indexing.handle_event": 120,
+        "audit.handle_event": 120,
+    },
+    acks_late=True,
+    reject_on_worker_lost=True,
+    task_acks={"indexing.handle_event": (True, True)},
+    serializers={"CELERY_TASK_SERIALIZER": "json", "CELERY_RESULT_SERIALIZER": "json"},
+    accept_content=("json",),
+)
+
+
+def codes(config: DeliveryConfig) -> list[str]:
+    return [problem.code for problem in delivery_config_problems(config)]
+
+
+def test_base_defaults_pass():
+    assert delivery_config_problems(DEFAULTS) == []
+
+
+def test_visibility_timeout_must_exceed_longest_retry_countdown_plus_time_limit():
+    # given a retry that waits 600 s and a task that may then run 120 s
+    config = dataclasses.replace(DEFAULTS, visibility_timeout=700)
+
+    # then a message could still be held when Redis hands it out again
+    [problem] = delivery_config_problems(config)
+    assert problem.code == "events.E002"
+    assert "visibility timeout (700 s)" in problem.message
+    assert "= 720 s" in problem.message
+    assert "indexing.handle_event" in problem.message
+
+
+def test_visibility_timeout_shorter_than_the_retry_countdown_alone_is_refused():
+    config = dataclasses.replace(DEFAULTS, retry_backoff_max=4000, visibility_timeout=3600)
+
+    assert codes(config) == ["events.E002"]
+
+
+def test_a_consumer_time_limit_longer_than_the_visibility_timeout_is_refused():
+    config = dataclasses.replace(
+        DEFAULTS,
+        consumer_time_limits={**DEFAULTS.consumer_time_limits, "slow.handle_event": 7200},
+        stale_after=7300,
+        visibility_timeout=7000,
+    )
+
+    assert "events.E002" in codes(config)
+
+
+def test_the_default_task_time_limit_counts_for_the_visibility_timeout():
+    config = dataclasses.replace(DEFAULTS, default_time_limit=3500)
+
+    assert "events.E002" in codes(config)
+
+
+def test_tasks_without_any_time_limit_are_refused():
+    config = dataclasses.replace(
+        DEFAULTS,
+        default_time_limit=None,
+        consumer_time_limits={"notifications.handle_event": None, "audit.handle_event": 60},
+    )
+
+    [problem] = [p for p in delivery_config_problems(config) if p.code == "events.E001"]
+    assert "notifications.handle_event" in problem.message
+    assert "CELERY_TASK_TIME_LIMIT" in problem.message
+    assert "audit.handle_event" not in problem.message
+
+
+def test_acks_late_without_reject_on_worker_lost_is_refused():
+    config = dataclasses.replace(DEFAULTS, reject_on_worker_lost=False)
+
+    [problem] = delivery_config_problems(config)
+    assert problem.code == "events.E003"
+    assert "CELERY_TASK_ACKS_LATE" in problem.message
+
+
+def test_a_consumer_task_that_acks_late_without_reject_is_refused():
+    config = dataclasses.replace(DEFAULTS, task_acks={"indexing.handle_event": (True, False)})
+
+    [problem] = delivery_config_problems(config)
+    assert problem.code == "events.E003"
+    assert "indexing.handle_event" in problem.message
+
+
+def test_early_acks_need_no_reject_on_worker_lost():
+    config = dataclasses.replace(
+        DEFAULTS, acks_late=False, reject_on_worker_lost=False, task_acks={}
+    )
+
+    assert delivery_config_problems(config) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"serializers": {"CELERY_TASK_SERIALIZER": "pickle"}},
+        {"serializers": {"CELERY_RESULT_SERIALIZER": "PICKLE"}},
+        {"accept_content": ("json", "pickle")},
+        {"accept_content": ("application/json", "application/x-python-serialize")},
+        {"result_accept_content": ("pickle",)},
+    ],
+)
+def test_pickle_anywhere_is_refused(change):
+    config = dataclasses.replace(DEFAULTS, **change)
+
+    assert codes(config) == ["events.E004"]
+
+
+def test_stale_window_at_or_below_a_consumer_time_limit_is_refused():
+    config = dataclasses.replace(DEFAULTS, stale_after=120)
+
+    [problem] = delivery_config_problems(config)
+    assert problem.code == "events.E005"
+    assert "EVENTS_STALE_AFTER_SECONDS (120 s)" in problem.message
+
+
+def test_stale_window_below_time_limits_may_be_allowed_explicitly():
+    config = dataclasses.replace(DEFAULTS, stale_after=6, allow_stale_below_time_limit=True)
+
+    assert delivery_config_problems(config) == []
+
+
+def test_stale_window_at_or_above_the_visibility_timeout_is_refused():
+    config = dataclasses.replace(DEFAULTS, stale_after=3600)
+
+    assert codes(config) == ["events.E006"]
+
+
+def test_several_problems_are_all_reported():
+    config = dataclasses.replace(
+        DEFAULTS, visibility_timeout=10, reject_on_worker_lost=False, accept_content=("pickle",)
+    )
+
+    assert codes(config) == ["events.E002", "events.E003", "events.E004", "events.E006"]
+
+
+def test_test_settings_pass_with_their_short_stale_window_allowed(settings):
+    # given the test settings: probe consumers' limit 5 s, stale window 6 s
+    settings.EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
+    config = current_delivery_config()
+
+    assert config.consumer_time_limits["probe.handle_event"] == 5
+    assert config.stale_after == 6
+    assert config.task_acks["probe.handle_event"] == (True, True)
+    assert delivery_config_problems(config) == []
+    # and a stale window above the probe's limit alone would be enough without the others
+    only_probe = dataclasses.replace(
+        config,
+        allow_stale_below_time_limit=False,
+        consumer_time_limits={"probe.handle_event": 5, "probe_peer.handle_event": 5},
+    )
+    assert delivery_config_problems(only_probe) == []
+
+
+def test_the_system_check_reports_the_same_problems(settings):
+    settings.EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = False
+    settings.EVENTS_STALE_AFTER_SECONDS = 5000
+
+    messages = checks.run_checks(tags=["celery"])
+
+    assert [m.id for m in messages] == ["events.E006"]
+    assert messages == check_delivery_config()
+    assert all(m.level == checks.ERROR for m in messages)
+
+
+def _env_without_overrides(**extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("EVENTS_", "CELERY_", "DJANGO_"))
+    }
+    return {**env, **extra}
+
+
+def test_manage_py_check_passes_with_the_base_defaults():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--tag", "celery"],
+        cwd=ROOT,
+        env=_env_without_overrides(DJANGO_SETTINGS_MODULE="config.settings.base"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.worker
+def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_server):
+    # given a visibility timeout shorter than the test settings' task time limits
+    env = _env_without_overrides(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        TEST_CELERY_BROKER_URL=redis_server.url,
+        CELERY_VISIBILITY_TIMEOUT="10",
+        EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT="true",
+    )
+
+    # when a worker starts
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "events",
+            "-c",
+            "1",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    # then it stops before taking any message, and says why
+    assert result.returncode != 0
+    assert "celery worker refused to start" in result.stderr
+    assert "visibility timeout (10 s)" in result.stderr
+    assert "[events.E002]" in result.stderr
+    assert "ready." not in result.stdout + result.stderr
