@@ -75,8 +75,15 @@ def record_event(
         payload=stored_payload,
         correlation_id=correlation_id or get_correlation_id(),
     )
+    # Marked enqueued up front: the on-commit publish clears the mark of what it could
+    # not publish, which saves a write transaction per event on the request path. A crash
+    # between commit and publish leaves the mark; the relay republishes once it is stale.
+    enqueued_at = timezone.now()
     deliveries = Delivery.objects.bulk_create(
-        [Delivery(event=event, consumer=consumer.name) for consumer in consumers_for(event_type)]
+        [
+            Delivery(event=event, consumer=consumer.name, enqueued_at=enqueued_at)
+            for consumer in consumers_for(event_type)
+        ]
     )
     transaction.on_commit(partial(_after_commit, event, deliveries))
     return event
@@ -86,15 +93,19 @@ def _after_commit(event: Event, deliveries: Sequence[Delivery]) -> None:
     try:
         event_committed.send_robust(sender=Event, envelope=event.to_envelope())
     finally:
-        publish_deliveries_now(deliveries)
+        publish_deliveries_now(deliveries, marked_enqueued=True)
 
 
-def publish_deliveries_now(deliveries: Sequence[Delivery]) -> list[int]:
+def publish_deliveries_now(
+    deliveries: Sequence[Delivery], *, marked_enqueued: bool = False
+) -> list[int]:
     """Put one message per delivery on its consumer's queue, immediately.
 
     Not transactional: call it after the rows are committed (or accept duplicates,
     which the ledger absorbs). Stops at the first broker error, logs it and leaves the
-    rest for the relay. Marks what it published as enqueued and returns their ids.
+    rest for the relay. Marks what it published as enqueued (or, when the rows were
+    ``marked_enqueued`` in advance, unmarks what it could not publish) and returns the
+    ids it published.
     """
     published: list[int] = []
     try:
@@ -120,7 +131,13 @@ def publish_deliveries_now(deliveries: Sequence[Delivery]) -> list[int]:
             len(deliveries) - len(published),
             len(deliveries),
         )
-    if published:
+    if marked_enqueued:
+        unpublished = [delivery.pk for delivery in deliveries if delivery.pk not in set(published)]
+        if unpublished:
+            Delivery.objects.filter(pk__in=unpublished, state__in=Delivery.OPEN_STATES).update(
+                enqueued_at=None
+            )
+    elif published:
         Delivery.objects.filter(pk__in=published).update(enqueued_at=timezone.now(), retry_at=None)
     return published
 

@@ -67,6 +67,19 @@ def test_commit_enqueues_one_task_per_consumer_on_its_own_queue(
     assert not Delivery.objects.filter(event=event, enqueued_at__isnull=True).exists()
 
 
+def test_a_publish_that_fails_leaves_the_deliveries_unenqueued_for_the_relay(
+    user, django_capture_on_commit_callbacks
+):
+    with (
+        mock.patch.object(current_app, "send_task", side_effect=ConnectionError("broker down")),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        upload = upload_text(user)
+
+    event = Event.objects.get(aggregate_id=str(upload.pk))
+    assert Delivery.objects.filter(event=event, enqueued_at__isnull=True).count() == 3
+
+
 def test_nothing_is_published_before_commit(user, sent_tasks, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         upload_text(user)
@@ -162,7 +175,7 @@ def test_a_delivery_just_created_is_left_to_its_own_on_commit_publish(user):
 def test_relay_outbox_publishes_what_was_never_enqueued(user, sent_tasks):
     upload_text(user)
     long_ago = timezone.now() - dt.timedelta(minutes=5)
-    Delivery.objects.update(created_at=long_ago)
+    Delivery.objects.update(created_at=long_ago, enqueued_at=None)
 
     result = relay_outbox()
 
@@ -184,6 +197,8 @@ def test_retry_countdown_grows_exponentially_with_jitter_up_to_a_cap(settings):
 
 def test_event_status_json_has_the_documented_shape(user, capsys):
     upload_text(user)
+    # As after a publish that failed: the deliveries wait in the outbox.
+    Delivery.objects.update(enqueued_at=None)
     Delivery.objects.filter(consumer="audit").update(state="dead")
 
     call_command("event_status", "--json")
@@ -207,6 +222,7 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
 
 def test_event_status_prints_a_table_by_default(user, capsys):
     upload_text(user)
+    Delivery.objects.update(enqueued_at=None)
 
     call_command("event_status")
 

@@ -1,0 +1,190 @@
+"""Fan-out throughput against bare Celery, measured side by side in one run.
+
+    .venv/bin/python bench/fanout.py [--events 300] [--database-url URL] [--handlers real|noop]
+
+Phase 1 uploads N small text files through ``uploads.services.create_upload`` (the real
+producer path: file, row, event, three deliveries, on-commit publish) while one worker
+``-Q notifications,indexing,audit -c 2`` runs the three real consumers; it ends when
+every delivery is done. Phase 2 publishes 3N no-op tasks with the same app settings
+(JSON, acks late) to the same kind of worker on a ``bench`` queue; it ends when the
+worker has run them all. Prints events/s, bare tasks/s and the ratio
+``events/s x 3 / bare tasks/s``.
+
+``--handlers noop`` keeps the ledger, queues and on-commit fan-out but replaces the three
+handlers with no-ops, to separate the pipeline's overhead from the consumers' own work.
+
+Everything runs against a private redis-server on a free port and a temporary SQLite
+database (or ``--database-url``); nothing touches the machine's Redis or ``var/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import RedisServer, free_port, wait_for  # noqa: E402
+
+WORKER_OPTIONS = ["-c", "2", "--without-mingle", "--without-gossip", "-l", "WARNING"]
+
+
+def start_worker(env: dict[str, str], queues: str, name: str, log: Path) -> subprocess.Popen:
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                queues,
+                "-n",
+                name,
+                "--include",
+                "bench.tasks",
+                *WORKER_OPTIONS,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300, help="events to publish (default 300)")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument(
+        "--handlers",
+        choices=["real", "noop"],
+        default="real",
+        help="run the consumers' real handlers (default) or no-ops",
+    )
+    args = parser.parse_args()
+    if args.events < 1:
+        parser.error("--events must be at least 1")
+
+    workdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
+    redis = RedisServer(workdir / "redis")
+    redis.start()
+    env = {
+        **os.environ,
+        # The production settings plus the bench app (for --handlers noop).
+        "DJANGO_SETTINGS_MODULE": "bench.settings",
+        "BENCH_NOOP_HANDLERS": "1" if args.handlers == "noop" else "0",
+        "DATABASE_URL": args.database_url or f"sqlite:///{workdir / 'db.sqlite3'}",
+        "CELERY_BROKER_URL": redis.url,
+        "MEDIA_ROOT": str(workdir / "media"),
+        "EMAIL_URL": f"filemail:///{workdir / 'mail'}",
+        "LOG_LEVEL": "WARNING",
+        "EVENTS_RELAY_INTERVAL_SECONDS": "3600",
+    }
+    os.environ.update(env)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0", "--noinput"], cwd=ROOT, env=env, check=True
+    )
+
+    import django
+
+    django.setup()
+    from celery import current_app
+    from django.contrib.auth.models import User
+    from django.core.files.base import ContentFile
+
+    from events.models import Delivery
+    from uploads.services import create_upload
+
+    owner, _ = User.objects.get_or_create(username="bench", defaults={"email": "bench@example.com"})
+    log = workdir / "worker.log"
+    try:
+        # Phase 1: the fan-out through the real producer and the three real consumers.
+        worker = start_worker(
+            env, "notifications,indexing,audit", f"fanout-{free_port()}@bench", log
+        )
+        wait_for(lambda: current_app.control.ping(timeout=0.5), timeout=60, what="fan-out worker")
+        started = time.perf_counter()
+        for n in range(args.events):
+            create_upload(
+                owner=owner, file=ContentFile(f"bench file {n} words".encode(), name=f"f{n}.txt")
+            )
+        published = time.perf_counter() - started
+        expected = args.events * 3
+        wait_for(
+            lambda: Delivery.objects.filter(state="done").count() >= expected,
+            timeout=600,
+            interval=0.05,
+            what="all deliveries done",
+        )
+        fanout_elapsed = time.perf_counter() - started
+        not_done = Delivery.objects.exclude(state="done").count()
+        stop_worker(worker)
+
+        # Phase 2: bare Celery no-op tasks, same app settings, same worker options.
+        hostname = f"bare-{free_port()}@bench"
+        worker = start_worker(env, "bench", hostname, log)
+        wait_for(
+            lambda: current_app.control.ping(destination=[hostname], timeout=0.5),
+            timeout=60,
+            what="bare worker",
+        )
+        from bench.tasks import noop
+
+        def executed() -> int:
+            stats = current_app.control.inspect([hostname], timeout=1).stats() or {}
+            return stats.get(hostname, {}).get("total", {}).get("bench.noop", 0)
+
+        bare_count = args.events * 3
+        started = time.perf_counter()
+        with current_app.producer_or_acquire() as producer:
+            for n in range(bare_count):
+                noop.apply_async(
+                    kwargs={"delivery_id": n, "event_id": "x" * 36, "event_type": "file.uploaded"},
+                    queue="bench",
+                    producer=producer,
+                )
+        wait_for(lambda: executed() >= bare_count, timeout=600, interval=0.05, what="bare tasks")
+        bare_elapsed = time.perf_counter() - started
+        stop_worker(worker)
+    finally:
+        redis.stop()
+
+    events_per_s = args.events / fanout_elapsed
+    bare_per_s = bare_count / bare_elapsed
+    print(f"command:   {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"database:  {env['DATABASE_URL'].split('://')[0]}; worker: {' '.join(WORKER_OPTIONS)}; "
+        f"acks_late={current_app.conf.task_acks_late}, serializer={current_app.conf.task_serializer}"
+    )
+    print(
+        f"fan-out:   {args.events} uploads -> {expected} deliveries in {fanout_elapsed:.2f}s "
+        f"(publishing took {published:.2f}s; {not_done} not done): {events_per_s:.1f} events/s, "
+        f"{events_per_s * 3:.1f} deliveries/s"
+    )
+    print(f"bare:      {bare_count} no-op tasks in {bare_elapsed:.2f}s: {bare_per_s:.1f} tasks/s")
+    print(
+        f"ratio:     events/s x 3 / bare tasks/s = {events_per_s * 3 / bare_per_s:.2f} (target >= 0.6)"
+    )
+    print(f"work dir:  {workdir} (worker log: {log})")
+
+
+if __name__ == "__main__":
+    main()
