@@ -1,14 +1,34 @@
-"""Admin for the event log and the delivery ledger (read-only: history is not edited)."""
+"""Admin for the event log and the delivery ledger, and the events overview page.
+
+History is read-only: events and delivery rows are never edited by hand. The only
+writes are the two delivery actions, which go through ``events.replay`` so a
+re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.text import Truncator
 
 from events.models import Delivery, DeliveryAttempt, Event
+from events.replay import ReplayReport, redeliver_deliveries
+from events.selectors import pipeline_status
+
+OVERVIEW_TEMPLATE = "admin/events/overview.html"
+CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    # A million-row log: skip the unfiltered COUNT(*) that each filtered page would add.
+    show_full_result_count = False
+
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
@@ -19,24 +39,116 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def delivery_link(delivery: Delivery) -> str:
+    url = reverse("admin:events_delivery_change", args=[delivery.pk])
+    return format_html('<a href="{}">#{}</a>', url, delivery.pk)
+
+
 class DeliveryInline(admin.TabularInline):
     model = Delivery
-    fields = ("consumer", "state", "attempts", "last_error", "enqueued_at", "completed_at")
+    fields = (
+        "link",
+        "consumer",
+        "state",
+        "attempts",
+        "last_error",
+        "created_at",
+        "enqueued_at",
+        "retry_at",
+        "completed_at",
+        "updated_at",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
+    ordering = ("pk",)
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="delivery")
+    def link(self, delivery: Delivery) -> str:
+        return delivery_link(delivery)
 
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = ("id", "type", "version", "aggregate_id", "actor", "occurred_at")
     list_filter = ("type", "version")
-    search_fields = ("id", "aggregate_id", "correlation_id")
+    search_fields = ("=id", "=aggregate_id", "=correlation_id")
     date_hierarchy = "occurred_at"
     inlines = [DeliveryInline]
+    change_list_template = CHANGE_LIST_TEMPLATE
+
+    def get_urls(self) -> list[URLPattern]:
+        overview = path(
+            "overview/",
+            self.admin_site.admin_view(self.overview_view),
+            name="events_overview",
+        )
+        return [overview, *super().get_urls()]
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """Per consumer, the ``event_status`` figures, and the oldest waiting delivery."""
+        if not (
+            self.has_view_permission(request) and request.user.has_perm("events.view_delivery")  # type: ignore[union-attr]
+        ):
+            raise PermissionDenied
+        status = pipeline_status()
+        changelist = reverse("admin:events_delivery_changelist")
+        rows = []
+        for name, figures in status["consumers"].items():
+            cells = [
+                (
+                    figures[state],
+                    f"{changelist}?{urlencode({'consumer': name, 'state__exact': state})}",
+                )
+                for state in ("done", "pending", "retrying", "dead")
+            ]
+            rows.append(
+                {
+                    "consumer": name,
+                    "cells": cells,
+                    "oldest_pending": format_age(figures["oldest_pending_seconds"]),
+                    "has_dead": figures["dead"] > 0,
+                }
+            )
+        oldest = (
+            Delivery.objects.filter(state__in=Delivery.OPEN_STATES)
+            .select_related("event")
+            .defer("event__payload")
+            .order_by("created_at", "pk")
+            .first()
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Events overview",
+            "opts": self.model._meta,
+            "events": status["events"],
+            "rows": rows,
+            "oldest": oldest,
+            "oldest_url": (
+                reverse("admin:events_delivery_change", args=[oldest.pk]) if oldest else ""
+            ),
+            "event_status": status,
+        }
+        return TemplateResponse(request, OVERVIEW_TEMPLATE, context)
+
+
+def format_age(seconds: float | None) -> str:
+    """``95.2`` → ``"1 min 35 s"``; ``None`` → ``"-"`` (nothing waits)."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
+    shown = [f"{value} {unit}" for value, unit in parts if value]
+    return " ".join(shown[:2]) or "0 s"
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -49,11 +161,101 @@ class DeliveryAttemptInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "consumer", "state", "attempts", "event", "enqueued_at", "completed_at")
-    list_filter = ("consumer", "state")
-    search_fields = ("event__id", "event__aggregate_id", "task_id")
+    list_display = (
+        "pk",
+        "consumer",
+        "state",
+        "attempts",
+        "event_link",
+        "event_type",
+        "short_error",
+        "enqueued_at",
+        "completed_at",
+        "updated_at",
+    )
+    list_filter = ("consumer", "state", "event__type")
+    search_fields = ("=event__id", "=event__aggregate_id", "=task_id")
     list_select_related = ("event",)
+    readonly_fields = (
+        "event_link",
+        "consumer",
+        "state",
+        "attempts",
+        "last_error",
+        "task_id",
+        "created_at",
+        "enqueued_at",
+        "retry_at",
+        "completed_at",
+        "updated_at",
+    )
+    fields = readonly_fields
     inlines = [DeliveryAttemptInline]
+    actions = ["redeliver_selected", "replay_to_consumer"]
+    change_list_template = CHANGE_LIST_TEMPLATE
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
+        return super().get_queryset(request).defer("event__payload")
+
+    @admin.display(description="event", ordering="event__occurred_at")
+    def event_link(self, delivery: Delivery) -> str:
+        url = reverse("admin:events_event_change", args=[delivery.event_id])
+        return format_html('<a href="{}">{}</a>', url, delivery.event_id)
+
+    @admin.display(description="type", ordering="event__type")
+    def event_type(self, delivery: Delivery) -> str:
+        return delivery.event.type
+
+    @admin.display(description="last error")
+    def short_error(self, delivery: Delivery) -> str:
+        return Truncator(delivery.last_error).chars(80)
+
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        # Re-sending changes the ledger, so it takes the change permission that the
+        # read-only admin otherwise never uses.
+        return request.user.has_perm("events.change_delivery")  # type: ignore[union-attr]
+
+    @admin.action(
+        description="Redeliver selected deliveries (dead or stuck ones; done ones are skipped)",
+        permissions=["redeliver"],
+    )
+    def redeliver_selected(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        report = redeliver_deliveries(deliveries=queryset, force=False)
+        self._report(request, report, force=False)
+
+    @admin.action(
+        description="Replay selected deliveries to their consumer (done ones too)",
+        permissions=["redeliver"],
+    )
+    def replay_to_consumer(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        report = redeliver_deliveries(deliveries=queryset, force=True)
+        self._report(request, report, force=True)
+
+    def _report(self, request: HttpRequest, report: ReplayReport, *, force: bool) -> None:
+        tallies = report.consumers.values()
+        dead = sum(t.reset_dead for t in tallies)
+        done = sum(t.reset_done for t in tallies)
+        resent = sum(t.resent for t in tallies)
+        skipped = sum(t.skipped_done for t in tallies)
+        text = (
+            f"Re-sent {report.selected} deliveries: {dead} dead reset to pending, "
+            f"{resent} open re-sent"
+        )
+        if force:
+            text += f", {done} done reset to pending"
+        if skipped:
+            text += f"; skipped {skipped} already done (use “Replay … to their consumer”)"
+        level = messages.SUCCESS
+        if report.broker_failed:
+            text += (
+                f". The broker is unreachable: {report.unpublished} wait in the outbox "
+                "for the relay"
+            )
+            level = messages.WARNING
+        self.message_user(request, text + ".", level)

@@ -3,12 +3,87 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import CharField, Exists, OuterRef, QuerySet
+from django.db.models.functions import Cast
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 
+from events.models import Delivery
 from events.selectors import deliveries_for_aggregate
+from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import delete_upload
+
+UPLOAD_EVENT_TYPES = (FILE_UPLOADED, FILE_DELETED)
+STATE_COLOURS = {"done": "#417690", "pending": "#b88a00", "retrying": "#b88a00", "dead": "#ba2121"}
+
+
+def _upload_deliveries(upload_pk: OuterRef | int) -> QuerySet[Delivery]:
+    """The deliveries of events about one upload (event ids are strings in the log)."""
+    aggregate = Cast(upload_pk, CharField()) if isinstance(upload_pk, OuterRef) else str(upload_pk)
+    return Delivery.objects.filter(
+        event__aggregate_id=aggregate, event__type__in=UPLOAD_EVENT_TYPES
+    )
+
+
+def delivery_states_for(upload_pks: list[int]) -> dict[int, dict[str, str]]:
+    """Upload id → consumer → state of its latest event, for a page of uploads in one query.
+
+    The same reading as ``events.selectors.deliveries_for_aggregate``, batched so the
+    changelist does not run one query per row.
+    """
+    states: dict[int, dict[str, str]] = {pk: {} for pk in upload_pks}
+    rows = (
+        Delivery.objects.filter(
+            event__aggregate_id__in=[str(pk) for pk in upload_pks],
+            event__type__in=UPLOAD_EVENT_TYPES,
+        )
+        .order_by("event__occurred_at", "pk")
+        .values_list("event__aggregate_id", "consumer", "state")
+    )
+    for aggregate_id, consumer, state in rows:
+        states[int(aggregate_id)][consumer] = state
+    return states
+
+
+class UploadChangeList(ChangeList):
+    """Loads every listed upload's consumer states with one query after the page's."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        states = delivery_states_for([upload.pk for upload in self.result_list])
+        for upload in self.result_list:
+            upload._delivery_states = states.get(upload.pk, {})
+
+
+class DeliveryStateFilter(admin.SimpleListFilter):
+    """Uploads by what their consumers did with them."""
+
+    title = "consumer state"
+    parameter_name = "delivery_state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [
+            ("dead", "a consumer gave up (dead)"),
+            ("open", "a consumer is still working (pending or retrying)"),
+            ("done", "every consumer done"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> QuerySet[Upload]:
+        deliveries = _upload_deliveries(OuterRef("pk"))
+        if self.value() == "dead":
+            return queryset.filter(Exists(deliveries.filter(state=Delivery.State.DEAD)))
+        if self.value() == "open":
+            return queryset.filter(Exists(deliveries.filter(state__in=Delivery.OPEN_STATES)))
+        if self.value() == "done":
+            return queryset.filter(Exists(deliveries)).exclude(
+                Exists(deliveries.exclude(state=Delivery.State.DONE))
+            )
+        return queryset
 
 
 @admin.register(Upload)
@@ -16,35 +91,85 @@ class UploadAdmin(admin.ModelAdmin):
     list_display = (
         "original_name",
         "owner",
-        "size",
+        "human_size",
         "content_type",
         "created_at",
         "delivery_states",
     )
-    list_filter = ("content_type", "created_at")
-    search_fields = ("original_name", "owner__username", "sha256")
-    readonly_fields = (
+    list_filter = (
+        DeliveryStateFilter,
+        "content_type",
+        "created_at",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("original_name", "owner__username", "owner__email", "=sha256")
+    list_select_related = ("owner",)
+    fields = (
+        "original_name",
         "owner",
         "file",
-        "original_name",
         "size",
         "content_type",
         "sha256",
         "created_at",
+        "delivery_states",
+        "events_link",
     )
+    readonly_fields = fields
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        # Uploads are created by their owners, through the web, the API or upload_file.
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Upload | None = None) -> bool:
+        # An upload is immutable; the change page is a view with a Delete link.
+        return False
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Upload], search_term: str
+    ) -> tuple[QuerySet[Upload], bool]:
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if term.isdigit():
+            # An upload id, as events and the API name uploads.
+            results |= queryset.filter(pk=int(term))
+        return results, may_have_duplicates
+
+    def get_changelist(self, request: HttpRequest, **kwargs: object) -> type[ChangeList]:
+        return UploadChangeList
+
+    @admin.display(description="size", ordering="size")
+    def human_size(self, upload: Upload) -> str:
+        return filesizeformat(upload.size)
 
     @admin.display(description="consumers")
     def delivery_states(self, upload: Upload) -> str:
-        states = deliveries_for_aggregate(upload.pk)
-        return ", ".join(f"{consumer}: {state}" for consumer, state in sorted(states.items()))
+        states = getattr(upload, "_delivery_states", None)
+        if states is None:
+            states = deliveries_for_aggregate(upload.pk)
+        if not states:
+            return "-"
+        return format_html_join(
+            ", ",
+            '{}: <span style="color: {}" class="delivery-state-{}">{}</span>',
+            (
+                (consumer, STATE_COLOURS.get(state, "inherit"), state, state)
+                for consumer, state in sorted(states.items())
+            ),
+        )
+
+    @admin.display(description="events")
+    def events_link(self, upload: Upload) -> str:
+        url = reverse("admin:events_event_changelist")
+        query = urlencode({"q": str(upload.pk)})
+        return format_html('<a href="{}?{}">events about this upload</a>', url, query)
 
     def delete_model(self, request: HttpRequest, obj: Upload) -> None:
         delete_upload(obj, actor=request.user)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
-        for upload in queryset:
+        # The bulk "delete selected" action lands here: one delete_upload per upload,
+        # so each one publishes its own file.deleted.
+        for upload in queryset.select_related("owner"):
             delete_upload(upload, actor=request.user)

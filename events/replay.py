@@ -1,0 +1,528 @@
+"""Replaying stored events to consumers: select, reset, re-deliver, in bounded chunks.
+
+Used by ``replay_events`` and by the two delivery actions in admin. It only writes the
+ledger and calls the public delivery functions of ``events.services``
+(``publish_deliveries_now`` and ``run_delivery``), so a replayed delivery takes the very
+path a fresh one takes: the ledger lock, the dedupe on ``done``, retries and dead-lettering.
+
+What happens to one (event, consumer) pair, where the consumer handles the event's type:
+
+* no delivery row yet (a consumer added after the event was stored): one is created
+  ``pending`` -- the backfill;
+* ``pending`` or ``retrying``: re-sent as it is (a duplicate message is absorbed by the
+  ledger, so re-sending a delivery that is merely slow is harmless);
+* ``dead``: reset to ``pending`` and re-sent;
+* ``done``: skipped, unless ``force``, which resets it to ``pending`` and re-sends it.
+
+``dead_only`` narrows that to dead deliveries (no backfill, nothing open); ``force``
+still adds done ones. A reset keeps ``attempts`` and ``last_error`` and every
+``DeliveryAttempt`` row: the history of what happened stays readable. Because attempts
+are kept, a replayed delivery that had used up its consumer's ``max_attempts`` gets one
+more try and goes dead again at once if that try fails.
+
+Forced replays are safe because every handler is idempotent: the audit log dedupes by
+event id, the index is updated in place (and never resurrects a deleted file),
+notifications dedupe by (event, recipient). Re-running a handler for an event it has
+already handled produces no second effect.
+
+Memory stays flat however large the event log: events are read by keyset on
+``(occurred_at, id)``, ``chunk_size`` at a time, with the payload deferred, and each chunk
+takes a fixed number of queries; only counters are kept between chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from events.models import Delivery, Event
+from events.registry import Consumer, all_consumers, get_consumer
+from events.schemas import schemas
+from events.services import publish_deliveries_now, run_delivery
+
+DEFAULT_CHUNK_SIZE = 500
+
+# The fields of an event that replaying needs; the payload is read by the handler only.
+_EVENT_FIELDS = ("id", "type", "occurred_at", "correlation_id")
+
+
+class ReplayArgumentError(ValueError):
+    """A replay selection that cannot be right (unknown name, malformed value)."""
+
+
+class Mode(StrEnum):
+    """How selected deliveries are re-delivered."""
+
+    PUBLISH = "publish"  # a message on the consumer's queue, for its workers
+    INLINE = "inline"  # the handler runs in this process, through the same ledger
+    DRY_RUN = "dry-run"  # nothing is written or published; only counted
+
+
+class Action(StrEnum):
+    """What replay does with one (event, consumer) pair."""
+
+    BACKFILL = "backfill"
+    RESEND = "resend"
+    RESET_DEAD = "reset_dead"
+    RESET_DONE = "reset_done"
+    SKIP_DONE = "skip_done"
+
+
+@dataclass(frozen=True)
+class ReplaySelection:
+    """Which stored events to replay to which consumers; see ``parse_selection``."""
+
+    consumers: tuple[str, ...]
+    types: tuple[str, ...] = ()
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    event_ids: tuple[uuid.UUID, ...] = ()
+    upload_ids: tuple[int, ...] = ()
+    dead_only: bool = False
+    force: bool = False
+
+    def handled_types(self) -> list[str]:
+        """The event types to read: those asked for that a selected consumer handles."""
+        handled = {t for name in self.consumers for t in get_consumer(name).handlers}
+        wanted = set(self.types) if self.types else handled
+        return sorted(handled & wanted)
+
+
+@dataclass
+class ConsumerTally:
+    """What replay did (or, in a dry run, would do) for one consumer."""
+
+    backfilled: int = 0
+    resent: int = 0
+    reset_dead: int = 0
+    reset_done: int = 0
+    skipped_done: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def selected(self) -> int:
+        """Deliveries re-delivered: everything counted except the skipped done ones."""
+        return self.backfilled + self.resent + self.reset_dead + self.reset_done
+
+    def count(self, action: Action) -> None:
+        attribute = {
+            Action.BACKFILL: "backfilled",
+            Action.RESEND: "resent",
+            Action.RESET_DEAD: "reset_dead",
+            Action.RESET_DONE: "reset_done",
+            Action.SKIP_DONE: "skipped_done",
+        }[action]
+        setattr(self, attribute, getattr(self, attribute) + 1)
+
+
+@dataclass
+class ReplayReport:
+    """The outcome of one replay: per consumer tallies and what the broker refused."""
+
+    mode: Mode
+    events_scanned: int = 0
+    consumers: dict[str, ConsumerTally] = field(default_factory=dict)
+    # Written to the ledger but not published (broker down): the relay sends them later.
+    unpublished: int = 0
+
+    @property
+    def broker_failed(self) -> bool:
+        return self.unpublished > 0
+
+    @property
+    def selected(self) -> int:
+        return sum(tally.selected for tally in self.consumers.values())
+
+    def tally(self, consumer: str) -> ConsumerTally:
+        return self.consumers.setdefault(consumer, ConsumerTally())
+
+
+ProgressCallback = Callable[[int], None]
+
+
+# ------------------------------------------------------------------------------
+# Selection
+# ------------------------------------------------------------------------------
+def parse_selection(
+    *,
+    consumers: Sequence[str] = (),
+    types: Sequence[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+    event_ids: Sequence[str] = (),
+    upload_ids: Sequence[str] = (),
+    dead_only: bool = False,
+    force: bool = False,
+) -> ReplaySelection:
+    """Check command-line style values and build a ``ReplaySelection``.
+
+    Raises ``ReplayArgumentError`` with a one-line reason for an unknown consumer or
+    event type, a malformed date, UUID or upload id, ``since`` not before ``until``, or
+    consumers that handle none of the types. No consumers means every registered one.
+    ``since`` is inclusive and ``until`` exclusive; a date without a time means midnight
+    and a time without a zone means the project's time zone.
+    """
+    for name in consumers:
+        try:
+            get_consumer(name)
+        except LookupError as exc:
+            raise ReplayArgumentError(str(exc)) from None
+    known_types = set(schemas.types()) | {t for c in all_consumers() for t in c.handlers}
+    for event_type in types:
+        if event_type not in known_types:
+            raise ReplayArgumentError(
+                f"unknown event type {event_type!r} (known: {', '.join(sorted(known_types))})"
+            )
+    since_at = _parse_datetime("--since", since)
+    until_at = _parse_datetime("--until", until)
+    if since_at and until_at and since_at >= until_at:
+        raise ReplayArgumentError(
+            f"--since ({since_at.isoformat()}) must be before --until ({until_at.isoformat()})"
+        )
+    selection = ReplaySelection(
+        consumers=tuple(dict.fromkeys(consumers or [c.name for c in all_consumers()])),
+        types=tuple(dict.fromkeys(types)),
+        since=since_at,
+        until=until_at,
+        event_ids=tuple(dict.fromkeys(_parse_uuid(value) for value in event_ids)),
+        upload_ids=tuple(dict.fromkeys(_parse_upload_id(value) for value in upload_ids)),
+        dead_only=dead_only,
+        force=force,
+    )
+    if types and not selection.handled_types():
+        raise ReplayArgumentError(
+            f"no selected consumer ({', '.join(selection.consumers)}) handles "
+            f"the selected event types ({', '.join(selection.types)})"
+        )
+    return selection
+
+
+def _parse_datetime(option: str, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ReplayArgumentError(
+            f"{option}: {value!r} is not an ISO 8601 date or date-time "
+            "(e.g. 2024-05-01 or 2024-05-01T12:00:00+00:00)"
+        ) from None
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except (ValueError, AttributeError):
+        raise ReplayArgumentError(f"--event: {value!r} is not a UUID") from None
+
+
+def _parse_upload_id(value: str) -> int:
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ReplayArgumentError(f"--upload: {value!r} is not an upload id (a positive integer)")
+    return int(text)
+
+
+def selected_events(selection: ReplaySelection) -> QuerySet[Event]:
+    """The stored events the selection covers, unordered, payload not loaded."""
+    events = Event.objects.filter(type__in=selection.handled_types())
+    if selection.since is not None:
+        events = events.filter(occurred_at__gte=selection.since)
+    if selection.until is not None:
+        events = events.filter(occurred_at__lt=selection.until)
+    if selection.event_ids:
+        events = events.filter(id__in=selection.event_ids)
+    if selection.upload_ids:
+        events = events.filter(aggregate_id__in=[str(pk) for pk in selection.upload_ids])
+    if selection.dead_only:
+        # Reading only events with a dead delivery keeps --dead fast on a large log.
+        events = events.filter(
+            Exists(
+                Delivery.objects.filter(
+                    event=OuterRef("pk"),
+                    state=Delivery.State.DEAD,
+                    consumer__in=selection.consumers,
+                )
+            )
+        )
+    return events.only(*_EVENT_FIELDS).order_by()
+
+
+def count_selected_events(selection: ReplaySelection) -> int:
+    """How many events ``replay_events`` would read: the total of a progress bar."""
+    return selected_events(selection).count()
+
+
+def _event_chunks(selection: ReplaySelection, chunk_size: int) -> Iterator[list[Event]]:
+    """The selected events in (occurred_at, id) order, by keyset, ``chunk_size`` at a time.
+
+    Keyset rather than OFFSET: each page is an index range scan from the last row seen,
+    so the millionth event costs what the first did, and rows appended meanwhile (new
+    uploads) do not shift the pages.
+    """
+    events = selected_events(selection).order_by("occurred_at", "id")
+    last: Event | None = None
+    while True:
+        page = events
+        if last is not None:
+            page = page.filter(
+                Q(occurred_at__gt=last.occurred_at)
+                | Q(occurred_at=last.occurred_at, id__gt=last.id)
+            )
+        chunk = list(page[:chunk_size])
+        if not chunk:
+            return
+        yield chunk
+        if len(chunk) < chunk_size:
+            return
+        last = chunk[-1]
+
+
+# ------------------------------------------------------------------------------
+# Replaying
+# ------------------------------------------------------------------------------
+def replay_events(
+    *,
+    selection: ReplaySelection,
+    mode: Mode = Mode.PUBLISH,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> ReplayReport:
+    """Re-deliver the selected stored events to the selected consumers.
+
+    ``Mode.PUBLISH`` commits each chunk's ledger changes and publishes its deliveries
+    on commit; if the broker is down they stay in the outbox for the relay.
+    ``Mode.INLINE`` runs each delivery's handler in this process with
+    ``events.services.run_delivery`` (same lock, dedupe and ledger; no broker), for fast
+    backfills; deliveries it leaves retrying are claimed for ``EVENTS_STALE_AFTER_SECONDS``
+    and then relayed. ``Mode.DRY_RUN`` writes and publishes nothing and counts what the
+    other modes would do. ``on_progress`` receives the number of events read so far
+    after each chunk.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    consumers = [get_consumer(name) for name in selection.consumers]
+    report = ReplayReport(mode=mode)
+    for name in selection.consumers:
+        report.tally(name)
+    for events in _event_chunks(selection, chunk_size):
+        _replay_chunk(events, consumers=consumers, selection=selection, report=report)
+        report.events_scanned += len(events)
+        if on_progress is not None:
+            on_progress(report.events_scanned)
+    return report
+
+
+def _replay_chunk(
+    events: list[Event],
+    *,
+    consumers: list[Consumer],
+    selection: ReplaySelection,
+    report: ReplayReport,
+) -> None:
+    names = [consumer.name for consumer in consumers]
+    existing = Delivery.objects.filter(event_id__in=[e.pk for e in events], consumer__in=names)
+    existing = existing.only("id", "event_id", "consumer", "state").order_by("pk")
+    if report.mode is Mode.DRY_RUN:
+        _count_plan(_plan_chunk(events, consumers, list(existing), selection), report)
+        return
+    with transaction.atomic():
+        # Locked in pk order so that two replays, or a replay and a worker, never deadlock.
+        rows = list(existing.select_for_update())
+        plan = _plan_chunk(events, consumers, rows, selection)
+        to_deliver = _write_plan(plan, report)
+    if report.mode is Mode.INLINE:
+        _deliver_inline(to_deliver, report)
+
+
+PlanItem = tuple[Action, Event, str, Delivery | None]
+
+
+def _plan_chunk(
+    events: list[Event],
+    consumers: list[Consumer],
+    rows: Iterable[Delivery],
+    selection: ReplaySelection,
+) -> list[PlanItem]:
+    by_pair = {(row.event_id, row.consumer): row for row in rows}
+    plan: list[PlanItem] = []
+    for event in events:
+        for consumer in consumers:
+            if not consumer.handles(event.type):
+                continue
+            delivery = by_pair.get((event.pk, consumer.name))
+            action = action_for(
+                delivery.state if delivery else None,
+                dead_only=selection.dead_only,
+                force=selection.force,
+            )
+            if action is not None:
+                plan.append((action, event, consumer.name, delivery))
+    return plan
+
+
+def action_for(state: str | None, *, dead_only: bool, force: bool) -> Action | None:
+    """What replay does with a delivery in ``state`` (``None``: no row); ``None``: nothing."""
+    if state is None:
+        return None if dead_only else Action.BACKFILL
+    if state == Delivery.State.DONE:
+        if force:
+            return Action.RESET_DONE
+        return None if dead_only else Action.SKIP_DONE
+    if state == Delivery.State.DEAD:
+        return Action.RESET_DEAD
+    return None if dead_only else Action.RESEND
+
+
+def _count_plan(plan: list[PlanItem], report: ReplayReport) -> None:
+    for action, _event, consumer, _delivery in plan:
+        report.tally(consumer).count(action)
+
+
+def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
+    """Apply ``plan`` to the ledger inside the caller's transaction.
+
+    In publish mode the deliveries are published when that transaction commits; in
+    inline mode they are returned, claimed (``enqueued_at`` now) so the relay leaves
+    them to this process until they go stale.
+    """
+    _count_plan(plan, report)
+    now = timezone.now()
+    claimed_at = now if report.mode is Mode.INLINE else None
+    to_deliver: list[Delivery] = []
+
+    backfill = [
+        (event, consumer) for action, event, consumer, _ in plan if action is Action.BACKFILL
+    ]
+    created: dict[tuple[uuid.UUID, str], Delivery] = {}
+    if backfill:
+        # ignore_conflicts: a second replay backfilling the same pair at the same moment
+        # must not fail this one; whichever row exists afterwards is the one delivered.
+        Delivery.objects.bulk_create(
+            [
+                Delivery(event=event, consumer=name, enqueued_at=claimed_at)
+                for event, name in backfill
+            ],
+            ignore_conflicts=True,
+        )
+        wanted = {(event.pk, name) for event, name in backfill}
+        for row in (
+            Delivery.objects.select_for_update()
+            .filter(
+                event_id__in={pk for pk, _ in wanted},
+                consumer__in={name for _, name in wanted},
+                state__in=Delivery.OPEN_STATES,
+            )
+            .only("id", "event_id", "consumer", "state")
+            .order_by("pk")
+        ):
+            if (row.event_id, row.consumer) in wanted:
+                created[(row.event_id, row.consumer)] = row
+
+    reset_ids = [d.pk for a, _, _, d in plan if a in (Action.RESET_DEAD, Action.RESET_DONE) and d]
+    if reset_ids:
+        Delivery.objects.filter(pk__in=reset_ids).update(
+            state=Delivery.State.PENDING,
+            retry_at=None,
+            completed_at=None,
+            enqueued_at=claimed_at,
+            updated_at=now,
+        )
+    resend_ids = [d.pk for a, _, _, d in plan if a is Action.RESEND and d]
+    if resend_ids and claimed_at is not None:
+        Delivery.objects.filter(pk__in=resend_ids).update(enqueued_at=claimed_at)
+
+    for action, event, consumer, delivery in plan:
+        if action is Action.SKIP_DONE:
+            continue
+        if action is Action.BACKFILL:
+            delivery = created.get((event.pk, consumer))
+        if delivery is None:
+            continue
+        delivery.event = event  # publishing reads its type and correlation id
+        to_deliver.append(delivery)
+
+    if report.mode is Mode.PUBLISH and to_deliver:
+        transaction.on_commit(lambda: _publish(to_deliver, report))
+        return []
+    return to_deliver
+
+
+def _publish(deliveries: list[Delivery], report: ReplayReport) -> None:
+    """Publish after commit; once the broker has failed, leave the rest to the relay."""
+    if report.broker_failed:
+        # publish_deliveries_now already waited out its bounded retries once.
+        report.unpublished += len(deliveries)
+        return
+    published = publish_deliveries_now(deliveries)
+    report.unpublished += len(deliveries) - len(published)
+
+
+def _worker_name() -> str:
+    return f"replay_events --inline@{socket.gethostname()}"[:200]
+
+
+def _deliver_inline(deliveries: list[Delivery], report: ReplayReport) -> None:
+    worker = _worker_name()
+    for delivery in deliveries:
+        outcome = run_delivery(
+            delivery_id=delivery.pk,
+            consumer_name=delivery.consumer,
+            event_type=delivery.event.type,
+            worker=worker,
+        )
+        report.tally(delivery.consumer).outcomes[outcome.outcome] += 1
+
+
+# ------------------------------------------------------------------------------
+# Admin actions
+# ------------------------------------------------------------------------------
+def redeliver_deliveries(
+    *,
+    deliveries: QuerySet[Delivery],
+    force: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> ReplayReport:
+    """Re-send the given deliveries to their consumers' queues (publish mode).
+
+    Dead ones are reset to pending, open ones (pending or retrying, perhaps stuck) are
+    re-sent as they are, done ones are skipped unless ``force``, which resets them too.
+    Deliveries whose consumer is no longer registered are skipped. Works through the
+    selection by primary key, ``chunk_size`` at a time.
+    """
+    report = ReplayReport(mode=Mode.PUBLISH)
+    registered = {consumer.name for consumer in all_consumers()}
+    ids = deliveries.filter(consumer__in=registered).order_by("pk").values_list("pk", flat=True)
+    last_pk = 0
+    while True:
+        chunk_ids = list(ids.filter(pk__gt=last_pk)[:chunk_size])
+        if not chunk_ids:
+            return report
+        last_pk = chunk_ids[-1]
+        with transaction.atomic():
+            rows = list(
+                Delivery.objects.select_for_update(of=("self",))
+                .filter(pk__in=chunk_ids)
+                .select_related("event")
+                .defer("event__payload")
+                .order_by("pk")
+            )
+            plan: list[PlanItem] = []
+            for row in rows:
+                action = action_for(row.state, dead_only=False, force=force)
+                if action is not None:
+                    plan.append((action, row.event, row.consumer, row))
+            _write_plan(plan, report)
+        report.events_scanned += len({row.event_id for row in rows})
