@@ -543,9 +543,9 @@ def test_progress_bar_is_drawn_on_a_terminal_only(db, published, replay):
 
     shown = terminal.getvalue()
     assert "\r" in shown
-    assert "5/5 events (100%)" in shown
-    assert shown.index("5/5 events") < shown.index("dry run: 5 events read")
-    assert "\r" not in piped and "events (" not in piped
+    assert "100%" in shown and "5/5" in shown
+    assert shown.index("5/5") < shown.index("dry run: 5 events read")
+    assert "\r" not in piped and "5/5" not in piped
 
 
 def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> None:

@@ -13,11 +13,11 @@ because every handler is idempotent (see ``events/replay.py``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
 
 from events.replay import (
     DEFAULT_CHUNK_SIZE,
@@ -29,51 +29,6 @@ from events.replay import (
     parse_selection,
     replay_events,
 )
-
-
-class ProgressBar:
-    """A one-line progress bar redrawn with carriage returns; silent unless on a terminal.
-
-    Written here because tqdm is not a dependency; a log file or a pipe gets no
-    carriage-return noise, only the summary.
-    """
-
-    WIDTH = 30
-
-    def __init__(self, stream: IO[str] | OutputWrapper, total: int, *, label: str) -> None:
-        self.stream = stream
-        self.total = total
-        self.label = label
-        self.enabled = _isatty(stream)
-        self._last_drawn = -1.0
-        self._shown = False
-
-    def update(self, done: int) -> None:
-        """Redraw for ``done`` items, at most a few times a second, and always at the end."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if done < self.total and now - self._last_drawn < 0.2:
-            return
-        self._last_drawn = now
-        fraction = min(done / self.total, 1.0) if self.total else 1.0
-        filled = int(fraction * self.WIDTH)
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self._write(f"\r{self.label} [{bar}] {done}/{self.total} events ({fraction:.0%})")
-        self._shown = True
-
-    def close(self) -> None:
-        """End the bar's line so the summary starts on a fresh one."""
-        if self._shown:
-            self._write("\n")
-            self._shown = False
-
-    def _write(self, text: str) -> None:
-        if isinstance(self.stream, OutputWrapper):
-            self.stream.write(text, ending="")
-        else:
-            self.stream.write(text)
-        self.stream.flush()
 
 
 def _isatty(stream: Any) -> bool:
@@ -178,21 +133,28 @@ class Command(BaseCommand):
         else:
             mode = Mode.PUBLISH
 
-        progress: ProgressBar | None = None
+        # Only a terminal gets a bar (counting the selection costs a query); a pipe or a
+        # log file gets the summary alone, without carriage-return noise.
+        progress = None
         if _isatty(self.stdout):
-            # Counting costs one query; only a terminal shows the bar it feeds.
-            progress = ProgressBar(
-                self.stdout, count_selected_events(selection), label=_LABELS[mode]
+            progress = tqdm(
+                total=count_selected_events(selection),
+                desc=_LABELS[mode],
+                unit=" events",
+                # The raw stream: OutputWrapper would end each redraw with a newline.
+                file=getattr(self.stdout, "_out", self.stdout),
+                mininterval=0.2,
+                dynamic_ncols=True,
             )
         try:
             report = replay_events(
                 selection=selection,
                 mode=mode,
                 chunk_size=chunk_size,
-                on_progress=progress.update if progress else None,
+                on_progress=(lambda done: progress.update(done - progress.n)) if progress else None,
             )
         finally:
-            if progress:
+            if progress is not None:
                 progress.close()
         for line in summary_lines(report, force=selection.force):
             self.stdout.write(line)
