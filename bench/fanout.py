@@ -10,6 +10,10 @@ every delivery is done. Phase 2 publishes 3N no-op tasks with the same app setti
 worker has run them all. Prints events/s, bare tasks/s and the ratio
 ``events/s x 3 / bare tasks/s``.
 
+Phase 3 separates the consumers from the producer: N more uploads are stored while no
+worker runs (their messages wait in Redis), then a worker starts and drains them; it
+prints consumer-only deliveries/s and their ratio to bare tasks/s.
+
 ``--handlers noop`` keeps the ledger, queues and on-commit fan-out but replaces the three
 handlers with no-ops, to separate the pipeline's overhead from the consumers' own work.
 
@@ -164,6 +168,26 @@ def main() -> None:
         wait_for(lambda: executed() >= bare_count, timeout=600, interval=0.05, what="bare tasks")
         bare_elapsed = time.perf_counter() - started
         stop_worker(worker)
+
+        # Phase 3: the consumers alone, draining a backlog the producer left while no
+        # worker ran.
+        for n in range(args.events):
+            create_upload(
+                owner=owner, file=ContentFile(f"backlog {n} words".encode(), name=f"b{n}.txt")
+            )
+        worker = start_worker(
+            env, "notifications,indexing,audit", f"drain-{free_port()}@bench", log
+        )
+        wait_for(lambda: current_app.control.ping(timeout=0.5), timeout=60, what="drain worker")
+        started = time.perf_counter()
+        wait_for(
+            lambda: Delivery.objects.filter(state="done").count() >= 2 * expected,
+            timeout=600,
+            interval=0.05,
+            what="backlog drained",
+        )
+        drain_elapsed = time.perf_counter() - started
+        stop_worker(worker)
     finally:
         redis.stop()
 
@@ -178,6 +202,12 @@ def main() -> None:
         f"fan-out:   {args.events} uploads -> {expected} deliveries in {fanout_elapsed:.2f}s "
         f"(publishing took {published:.2f}s; {not_done} not done): {events_per_s:.1f} events/s, "
         f"{events_per_s * 3:.1f} deliveries/s"
+    )
+    drain_per_s = expected / drain_elapsed
+    print(
+        f"consumers: {expected} waiting deliveries drained in {drain_elapsed:.2f}s: "
+        f"{drain_per_s:.1f} deliveries/s ({drain_per_s / (bare_count / bare_elapsed):.2f} of bare, "
+        "producer not running)"
     )
     print(f"bare:      {bare_count} no-op tasks in {bare_elapsed:.2f}s: {bare_per_s:.1f} tasks/s")
     print(
