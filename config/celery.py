@@ -8,7 +8,9 @@ handlers below make processes started with ``-A config`` safe and traceable:
   (``events.checks``);
 - Flower refuses to start without basic auth unless ``DJANGO_DEBUG`` is on;
 - a task runs with the correlation id its message carries, so its log lines say which
-  request or command it serves, and tasks it sends carry the id on.
+  request or command it serves, and tasks it sends carry the id on;
+- database connections live across tasks as they do across requests (``CONN_MAX_AGE``,
+  ``CONN_HEALTH_CHECKS``), instead of Celery's reconnect per task.
 """
 
 from __future__ import annotations
@@ -84,6 +86,23 @@ def refuse_unsafe_configuration(sender: Any = None, **kwargs: Any) -> None:
             f"celery worker refused to start: the configuration would duplicate or lose work:\n"
             f"{lines}"
         )
+
+
+# ------------------------------------------------------------------------------
+# Database connections across tasks
+# ------------------------------------------------------------------------------
+@task_prerun.connect
+@task_postrun.connect
+def close_old_database_connections(**kwargs: Any) -> None:
+    """Treat each task like a request: drop connections that are too old or broken.
+
+    ``CELERY_DB_REUSE_MAX`` stops Celery from closing them after every task; this applies
+    Django's own rules (``CONN_MAX_AGE``, and ``CONN_HEALTH_CHECKS`` re-arming the check
+    so a connection the database dropped is replaced before the task uses it).
+    """
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 # ------------------------------------------------------------------------------

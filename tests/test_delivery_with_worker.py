@@ -13,7 +13,7 @@ from events.services import publish_deliveries_now
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.factories import publish_probe, settled, states, upload_text
-from tests.probe.handlers import started_marker
+from tests.probe.handlers import connection_marker, started_marker
 from tests.probe.models import ProbeEffect
 from tests.services import wait_for
 from uploads.services import delete_upload
@@ -161,3 +161,27 @@ def test_worker_killed_with_sigkill_mid_task_completes_after_restart(live_worker
 
     assert wait_for(lambda: settled(event), what="relayed delivery")["probe"] == "done"
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe").count() == 1
+
+
+def test_worker_keeps_its_database_connection_across_tasks(live_worker):
+    # Celery's Django fixup reconnects before and after every task unless told not to;
+    # a reconnect per task cost more than a delivery's own queries.
+    keys = []
+    for _ in range(6):
+        event = publish_probe()
+        wait_for(lambda event=event: settled(event), what="probe deliveries")
+        keys.append(event.payload["key"])
+
+    opened_by_process: dict[str, int] = {}
+    tasks_by_process: dict[str, int] = {}
+    for key in keys:
+        for consumer in ("probe", "probe_peer"):
+            pid, opened = connection_marker(key, consumer).read_text().split()
+            opened_by_process[pid] = max(opened_by_process.get(pid, 0), int(opened))
+            tasks_by_process[pid] = tasks_by_process.get(pid, 0) + 1
+    assert sum(tasks_by_process.values()) == 12
+    # Each process opened its connection once (twice if the first was too old to keep).
+    assert all(opened <= 2 for opened in opened_by_process.values()), (
+        opened_by_process,
+        tasks_by_process,
+    )

@@ -8,6 +8,8 @@ class ProbeConfig(AppConfig):
     label = "probe"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
         from events.registry import Consumer, register_consumer
         from events.schemas import EventSchema, schemas
         from tests.probe import handlers
@@ -24,6 +26,7 @@ class ProbeConfig(AppConfig):
                 },
             )
         )
+        connection_created.connect(handlers.count_connection)
         for name in ("probe", "probe_peer"):
             register_consumer(
                 Consumer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,21 @@ from events.schemas import Envelope
 from tests.probe.models import ProbeEffect
 
 PROBE_EVENT = "test.probe"
+
+
+# Database connections this process has opened, counted by the ``connection_created``
+# signal (tests.probe.apps), so a test can tell reuse from a reconnect per task.
+connections_opened = 0
+
+
+def count_connection(**kwargs: object) -> None:
+    global connections_opened
+    connections_opened += 1
+
+
+def connection_marker(key: str, consumer: str) -> Path:
+    """A file saying which process ran the task and how many connections it had opened."""
+    return Path(settings.MEDIA_ROOT).parent / "probe" / f"{key}.{consumer}.connections"
 
 
 def started_marker(key: str, consumer: str) -> Path:
@@ -39,5 +55,8 @@ def make_handler(consumer: str) -> TwoStepHandler:
         if failed_before < payload.get("transient_failures", {}).get(consumer, 0):
             raise TransientError(f"probe {consumer}: transient failure {failed_before + 1}")
         ProbeEffect.objects.create(consumer=consumer, event_id=envelope.id)
+        connection_marker(payload["key"], consumer).write_text(
+            f"{os.getpid()} {connections_opened}"
+        )
 
     return TwoStepHandler(prepare=prepare, apply=apply)
