@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import SuspiciousFileOperation
-from django.db import OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models.functions import Left
 
 from events.exceptions import PermanentError
@@ -79,7 +79,7 @@ def extract_upload_text(
     return extract(data=data, kind=kind, truncated=truncated)
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)
 def index_upload(
     *, upload_id: int, owner_id: int, name: str, extraction: Extraction | None
 ) -> IndexEntry | None:
@@ -96,18 +96,33 @@ def index_upload(
         # extract_upload_text saw a tombstone, and tombstones are never removed; if one
         # was removed by hand, the upload is still deleted.
         return None
-    entry, _ = IndexEntry.objects.update_or_create(
-        upload_id=upload_id,
-        defaults={
-            "owner_id": owner_id,
-            "name": clean_name(name),
-            "text": extraction.text,
-            "note": extraction.note,
-            "deleted": False,
-        },
-    )
+    fields = {
+        "owner_id": owner_id,
+        "name": clean_name(name),
+        "text": extraction.text,
+        "note": extraction.note,
+    }
+    if entry is None:
+        try:
+            # A savepoint only here: another delivery may insert the same upload at once.
+            with transaction.atomic():
+                entry = IndexEntry.objects.create(upload_id=upload_id, **fields)
+        except IntegrityError:
+            entry = IndexEntry.objects.select_for_update().get(upload_id=upload_id)
+            if entry.deleted:
+                return None
+            entry = _update_entry(entry, fields)
+    else:
+        entry = _update_entry(entry, fields)
     if connection.vendor == "postgresql":
         _update_search_vector(entry)
+    return entry
+
+
+def _update_entry(entry: IndexEntry, fields: dict[str, object]) -> IndexEntry:
+    for field, value in fields.items():
+        setattr(entry, field, value)
+    entry.save(update_fields=[*fields, "indexed_at"])
     return entry
 
 
