@@ -8,5 +8,9 @@ from events.views import health
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    # Sign in and out (logout is a POST), password change: Django's own views.
+    path("accounts/", include("django.contrib.auth.urls")),
     path("search/", include("indexing.urls")),
+    path("api/", include("uploads.api_urls")),
+    path("", include("uploads.urls")),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Count, Min, Q
@@ -55,14 +56,38 @@ def pipeline_status() -> dict[str, Any]:
     }
 
 
-def deliveries_for_aggregate(aggregate_id: str | int) -> dict[str, str]:
-    """Consumer → state of the latest event about one aggregate (an upload)."""
-    states: dict[str, str] = {}
+def latest_deliveries_for_aggregates(
+    aggregate_ids: Iterable[str | int], *, event_type: str
+) -> dict[str, list[Delivery]]:
+    """Aggregate id → the deliveries of its latest ``event_type`` event, in one query.
+
+    Replays reuse the stored event, so an aggregate normally has one event of a type;
+    when it has more, the latest (by ``occurred_at``, then ``recorded_at``) is current.
+    """
+    ids = [str(aggregate_id) for aggregate_id in aggregate_ids]
+    if not ids:
+        return {}
     rows = (
-        Delivery.objects.filter(event__aggregate_id=str(aggregate_id))
-        .order_by("event__occurred_at", "pk")
-        .values_list("consumer", "state")
+        Delivery.objects.filter(event__aggregate_id__in=ids, event__type=event_type)
+        .select_related("event")
+        .only(
+            "consumer",
+            "state",
+            "attempts",
+            "last_error",
+            "event__id",
+            "event__aggregate_id",
+            "event__occurred_at",
+            "event__recorded_at",
+        )
+        .order_by("event__occurred_at", "event__recorded_at", "event__id", "pk")
     )
-    for consumer, state in rows:
-        states[consumer] = state
-    return states
+    latest_event: dict[str, Any] = {}
+    grouped: dict[str, list[Delivery]] = {}
+    for delivery in rows:
+        aggregate_id = delivery.event.aggregate_id
+        if latest_event.get(aggregate_id) != delivery.event_id:
+            latest_event[aggregate_id] = delivery.event_id
+            grouped[aggregate_id] = []
+        grouped[aggregate_id].append(delivery)
+    return grouped

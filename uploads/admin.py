@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import CharField, Exists, OuterRef, QuerySet
 from django.db.models.functions import Cast
@@ -13,10 +13,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from events.models import Delivery
-from events.selectors import deliveries_for_aggregate
+from events.selectors import latest_deliveries_for_aggregates
 from uploads.events import FILE_DELETED, FILE_UPLOADED
-from uploads.models import Upload
+from uploads.models import ApiToken, Upload
 from uploads.services import delete_upload
+from uploads.tokens import issue_key, revoke_api_token
 
 UPLOAD_EVENT_TYPES = (FILE_UPLOADED, FILE_DELETED)
 STATE_COLOURS = {"done": "#417690", "pending": "#b88a00", "retrying": "#b88a00", "dead": "#ba2121"}
@@ -30,24 +31,16 @@ def _upload_deliveries(upload_pk: OuterRef | int) -> QuerySet[Delivery]:
     )
 
 
-def delivery_states_for(upload_pks: list[int]) -> dict[int, dict[str, str]]:
-    """Upload id → consumer → state of its latest event, for a page of uploads in one query.
+def ledger_states(upload_pks: list[int]) -> dict[int, dict[str, str]]:
+    """Upload id → consumer → ledger state of its ``file.uploaded`` event, in one query.
 
-    The same reading as ``events.selectors.deliveries_for_aggregate``, batched so the
-    changelist does not run one query per row.
+    Operators see the ledger's own words (``dead``), where the owner's pages say ``failed``.
     """
-    states: dict[int, dict[str, str]] = {pk: {} for pk in upload_pks}
-    rows = (
-        Delivery.objects.filter(
-            event__aggregate_id__in=[str(pk) for pk in upload_pks],
-            event__type__in=UPLOAD_EVENT_TYPES,
-        )
-        .order_by("event__occurred_at", "pk")
-        .values_list("event__aggregate_id", "consumer", "state")
-    )
-    for aggregate_id, consumer, state in rows:
-        states[int(aggregate_id)][consumer] = state
-    return states
+    grouped = latest_deliveries_for_aggregates(upload_pks, event_type=FILE_UPLOADED)
+    return {
+        pk: {delivery.consumer: delivery.state for delivery in grouped.get(str(pk), [])}
+        for pk in upload_pks
+    }
 
 
 class UploadChangeList(ChangeList):
@@ -55,7 +48,7 @@ class UploadChangeList(ChangeList):
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
-        states = delivery_states_for([upload.pk for upload in self.result_list])
+        states = ledger_states([upload.pk for upload in self.result_list])
         for upload in self.result_list:
             upload._delivery_states = states.get(upload.pk, {})
 
@@ -147,7 +140,7 @@ class UploadAdmin(admin.ModelAdmin):
     def delivery_states(self, upload: Upload) -> str:
         states = getattr(upload, "_delivery_states", None)
         if states is None:
-            states = deliveries_for_aggregate(upload.pk)
+            states = ledger_states([upload.pk])[upload.pk]
         if not states:
             return "-"
         return format_html_join(
@@ -173,3 +166,54 @@ class UploadAdmin(admin.ModelAdmin):
         # so each one publishes its own file.deleted.
         for upload in queryset.select_related("owner"):
             delete_upload(upload, actor=request.user)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """API tokens. The raw key is shown once, in a message, when a token is added here.
+
+    Only ``key_prefix`` is ever displayed; the hash is not a field of any form or page.
+    """
+
+    list_display = ("key_prefix", "name", "user", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "created_at")
+    search_fields = ("key_prefix", "name", "user__username")
+    list_select_related = ("user",)
+    readonly_fields = ("key_prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ("revoke_tokens",)
+
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
+        if obj is None:
+            return ("user", "name")
+        return ("user", "name", *self.readonly_fields)
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: ApiToken | None = None
+    ) -> tuple[str, ...]:
+        # A token never changes hands; only its label can be edited.
+        if obj is None:
+            return ()
+        return ("user", *self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: object, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        raw = issue_key(obj)
+        super().save_model(request, obj, form, change)
+        messages.warning(
+            request,
+            format_html(
+                "The new API token for {} is <code>{}</code>. Copy it now: only its hash is "
+                "stored, so it cannot be shown again.",
+                obj.user,
+                raw,
+            ),
+        )
+
+    @admin.action(description="Revoke selected API tokens")
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        tokens = list(queryset.filter(revoked_at__isnull=True))
+        for token in tokens:
+            revoke_api_token(token)
+        self.message_user(request, f"Revoked {len(tokens)} API token(s).", messages.SUCCESS)

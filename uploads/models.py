@@ -33,3 +33,30 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return self.original_name
+
+
+class ApiToken(models.Model):
+    """A bearer token for the JSON API. Only a SHA-256 of the key is stored.
+
+    The raw key (``upl_`` + 43 URL-safe characters) is shown once, when the token is
+    made (``create_api_token`` command or admin); ``key_prefix`` lets people and admin
+    tell tokens apart and narrows the lookup without revealing the secret part.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100, blank=True, help_text="What the token is for.")
+    key_prefix = models.CharField(max_length=8, db_index=True, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        label = f" ({self.name})" if self.name else ""
+        return f"{self.key_prefix}…{label}"

@@ -81,6 +81,39 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 # ------------------------------------------------------------------------------
+# Sign in and out (django.contrib.auth.urls under /accounts/)
+# ------------------------------------------------------------------------------
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# ------------------------------------------------------------------------------
+# HTTPS and browser protections. Safe defaults follow DEBUG: on when it is off, so
+# `manage.py check --deploy` is clean in production; each can be set from the
+# environment (e.g. DJANGO_SECURE_SSL_REDIRECT=false when a proxy already redirects).
+# https://docs.djangoproject.com/en/5.2/howto/deployment/checklist/
+# ------------------------------------------------------------------------------
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+# Health checks (compose, load balancers) probe over plain HTTP from inside.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG
+)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=not DEBUG)
+# Behind a TLS-terminating proxy that sets it, e.g. "HTTP_X_FORWARDED_PROTO,https". Only
+# set it when the proxy always overwrites that header: a client could send it otherwise.
+_proxy_ssl_header = env.list("DJANGO_SECURE_PROXY_SSL_HEADER", default=[])
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 2 else None
+# Origins (scheme + host) allowed to post forms, e.g. "https://files.example.com".
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# ------------------------------------------------------------------------------
 # Database
 # ------------------------------------------------------------------------------
 DATABASES = {
@@ -122,6 +155,18 @@ MEDIA_URL = "/media/"
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=25 * 1024 * 1024)
 # Django keeps request bodies up to this size in memory; larger ones go to a temp file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Several files may come in one form post; a body above this (plus multipart framing) is
+# refused at its first file, before any of its bytes are read.
+UPLOAD_MAX_REQUEST_BYTES = env.int("UPLOAD_MAX_REQUEST_BYTES", default=10 * UPLOAD_MAX_BYTES)
+# The limit is enforced while the body streams in (uploads/intake.py), not afterwards.
+FILE_UPLOAD_HANDLERS = [
+    "uploads.intake.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Content types (sniffed from the bytes) that may be uploaded, e.g.
+# "image/*,application/pdf,text/plain"; empty allows every type.
+UPLOAD_ALLOWED_TYPES = env.list("UPLOAD_ALLOWED_TYPES", default=[])
 
 # ------------------------------------------------------------------------------
 # Email: default writes each message to a file under var/mail/ so it can be opened.
