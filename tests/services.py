@@ -39,6 +39,25 @@ def wait_for(
         time.sleep(interval)
 
 
+def run_manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` in a child process against the current test database."""
+    from django.conf import settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class RedisServer:
     """A private ``redis-server`` on a free port: tests may stop it, never the machine's."""
 

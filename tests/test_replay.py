@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import subprocess
-import sys
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -19,7 +16,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
@@ -36,7 +32,7 @@ from notifications.models import Notification
 from tests.factories import publish_probe, settled
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
-from tests.services import ROOT, wait_for
+from tests.services import run_manage, wait_for
 from uploads.events import FILE_DELETED
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -488,22 +484,6 @@ def test_bad_arguments_raise_a_clear_error_and_enqueue_nothing(
     assert "\n" not in str(error.value)
     assert published.calls == 0
     assert ledger_snapshot() == before
-
-
-def run_manage(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "EVENTS_TEST_DATABASE_NAME": str(django_settings.DATABASES["default"]["NAME"]),
-    }
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from events.models import Event
-from tests.services import ROOT
+from tests.services import run_manage
 from uploads.models import Upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def run_manage(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py`` in a child process against the test database."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "EVENTS_TEST_DATABASE_NAME": str(django_settings.DATABASES["default"]["NAME"]),
-    }
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_upload_file_uploads_each_path_for_the_owner(user, tmp_path, capsys):
