@@ -17,6 +17,9 @@ RUN pip install .
 
 COPY . .
 
+# Static files are collected into the image; WhiteNoise serves them from the web process.
+RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v0
+
 # An unprivileged user owns var/ (uploads, mail, beat's schedule); a named volume
 # mounted on var/media starts with this ownership.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from django.core.management import call_command
 
 from tests.services import ROOT
 
@@ -67,3 +68,16 @@ def test_deploy_check_flags_settings_left_unsafe(overrides, warning):
 
     assert result.returncode != 0
     assert warning in result.stdout + result.stderr
+
+
+def test_collected_static_files_are_served_by_the_web_process_with_debug_off(
+    settings, tmp_path, client
+):
+    settings.DEBUG = False
+    settings.STATIC_ROOT = tmp_path / "static"
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+    response = client.get("/static/uploads/site.css")
+
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)

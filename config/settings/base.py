@@ -45,6 +45,8 @@ MIDDLEWARE = [
     # First, so every later log line and every event of the request carries its id.
     "config.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves collected static files itself, so gunicorn needs no proxy for /static/.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
