@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,6 +66,35 @@ def start_worker(env: dict[str, str], queues: str, name: str, log: Path) -> subp
         )
 
 
+def scratch_database_url(database_url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh PostgreSQL database beside ``database_url``'s, and how to drop it.
+
+    Every run starts from empty tables, and the named database is never written to.
+    """
+    import psycopg
+
+    parts = urlsplit(database_url)
+    if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise SystemExit(f"--database-url: only PostgreSQL URLs are supported, not {parts.scheme}")
+    name = f"{parts.path.lstrip('/') or 'uploads'}_bench_{os.getpid()}"
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise SystemExit(f"--database-url: cannot create a scratch database: {exc}") from None
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return urlunsplit(parts._replace(path=f"/{name}")), drop
+
+
+def _nothing_to_drop() -> None:
+    """The SQLite file lives in the work dir, which is kept for its logs."""
+
+
 def stop_worker(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -76,7 +107,12 @@ def stop_worker(process: subprocess.Popen) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300, help="events to publish (default 300)")
-    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server to run on (a scratch database is created beside this one "
+        "and dropped after); default: a temporary SQLite file",
+    )
     parser.add_argument(
         "--handlers",
         choices=["real", "noop"],
@@ -87,6 +123,9 @@ def main() -> None:
     if args.events < 1:
         parser.error("--events must be at least 1")
 
+    database_url, drop_database = args.database_url, _nothing_to_drop
+    if database_url:
+        database_url, drop_database = scratch_database_url(database_url)
     workdir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
     redis = RedisServer(workdir / "redis")
     redis.start()
@@ -95,7 +134,7 @@ def main() -> None:
         # The production settings plus the bench app (for --handlers noop).
         "DJANGO_SETTINGS_MODULE": "bench.settings",
         "BENCH_NOOP_HANDLERS": "1" if args.handlers == "noop" else "0",
-        "DATABASE_URL": args.database_url or f"sqlite:///{workdir / 'db.sqlite3'}",
+        "DATABASE_URL": database_url or f"sqlite:///{workdir / 'db.sqlite3'}",
         "CELERY_BROKER_URL": redis.url,
         "MEDIA_ROOT": str(workdir / "media"),
         "EMAIL_URL": f"filemail:///{workdir / 'mail'}",
@@ -194,6 +233,10 @@ def main() -> None:
         drain_elapsed = (span["last"] - span["first"]).total_seconds()
     finally:
         redis.stop()
+        from django.db import connections
+
+        connections.close_all()
+        drop_database()
 
     events_per_s = args.events / fanout_elapsed
     bare_per_s = bare_count / bare_elapsed
