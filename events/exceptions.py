@@ -15,5 +15,18 @@ class TransientError(Exception):
     """
 
 
+class DeliveryBusy(TransientError):
+    """Another attempt is handling this delivery right now (a duplicate message).
+
+    Not a failure: the delivery is tried again after ``retry_after`` seconds without
+    counting an attempt. By then the other attempt has finished it (and this message is
+    skipped) or has died (and this one takes over).
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidEventError(PermanentError):
     """An event whose type, version or payload does not match a declared schema."""

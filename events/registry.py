@@ -24,11 +24,14 @@ from events.schemas import Envelope
 class TwoStepHandler:
     """A handler whose slow part runs outside the delivery's transaction.
 
-    ``prepare`` does slow work without side effects (reading a file, extracting its
-    text) before any row is locked, so a long extraction never holds a lock (on SQLite,
-    the whole database's write lock). ``apply`` receives its result and writes inside
-    the transaction that marks the delivery done. ``prepare`` may run more than once
-    for one delivery; only one ``apply`` commits.
+    ``prepare`` does slow work (reading a file, extracting its text, talking to a mail
+    server) before any row is locked, so it never holds a lock (on SQLite, the whole
+    database's write lock). ``apply`` receives its result and writes inside the
+    transaction that marks the delivery done. ``prepare`` may run more than once for
+    one delivery, even at the same time for a duplicate message; only one ``apply``
+    commits. So a ``prepare`` with side effects guards them itself, as notifications
+    does by claiming its mail before sending it, and raises ``DeliveryBusy`` when
+    another attempt holds the claim.
     """
 
     prepare: Callable[[Envelope], Any]

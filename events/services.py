@@ -25,7 +25,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from events.correlation import get_correlation_id, task_headers
-from events.exceptions import InvalidEventError, PermanentError
+from events.exceptions import DeliveryBusy, InvalidEventError, PermanentError
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Handler, TwoStepHandler, consumers_for, get_consumer
 from events.schemas import schemas
@@ -213,6 +213,11 @@ def run_delivery(
             )
             _record_attempt(delivery, DeliveryAttempt.Outcome.DONE, task_id, worker, started_at)
         return DeliveryOutcome("done")
+    except DeliveryBusy as exc:
+        # A duplicate message racing the attempt that holds the work: look again later,
+        # leaving the ledger as the other attempt will leave it.
+        logger.info("delivery %s is busy elsewhere: %s", delivery_id, exc)
+        return DeliveryOutcome("retry", _describe(exc), exc.retry_after)
     except PermanentError as exc:
         return record_failure(
             delivery_id=delivery_id,
