@@ -1,21 +1,35 @@
-"""Sent notifications, read-only."""
+"""Notifications, read-only: what was sent, skipped or rejected, and why."""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from notifications.models import Notification
 
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
-    list_display = ("subject", "recipient", "sent_at", "skipped_reason", "event_id")
-    search_fields = ("recipient", "subject", "event_id")
+    list_display = ("subject", "recipient", "state", "sent_at")
+    list_filter = ("state",)
+    search_fields = ("recipient", "subject", "event_id", "message_id")
     readonly_fields = (
         "event_id",
         "recipient",
         "subject",
+        "state",
+        "claimed_at",
         "message_id",
         "sent_at",
-        "skipped_reason",
+        "reason",
+        "created_at",
     )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Notification | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Notification | None = None) -> bool:
+        return False

@@ -1,22 +1,32 @@
-"""Event handlers of the notifications consumer: thin, they call services."""
+"""Event handlers of the notifications consumer: thin, they call services.
+
+Each is a ``TwoStepHandler`` whose ``prepare`` claims, sends and records the mail
+before the delivery row is locked (``notifications.services.notify_owner``), so the
+SMTP exchange holds no database lock. ``apply``, inside the delivery's transaction,
+has nothing left to write.
+"""
 
 from __future__ import annotations
 
+from events.registry import TwoStepHandler
 from events.schemas import Envelope
+from notifications.models import Notification
 from notifications.services import notify_owner
 
 
-def notify_upload(envelope: Envelope) -> None:
+def prepare_upload(envelope: Envelope) -> Notification:
     """Tell the owner their file arrived."""
-    name = envelope.payload["name"]
-    notify_owner(
-        envelope,
-        subject=f"Uploaded: {name}",
-        body=f"Your file {name} ({envelope.payload['size']} bytes) was uploaded.",
-    )
+    return notify_owner(envelope, template="file_uploaded")
 
 
-def notify_deletion(envelope: Envelope) -> None:
+def prepare_deletion(envelope: Envelope) -> Notification:
     """Tell the owner their file was deleted."""
-    name = envelope.payload["name"]
-    notify_owner(envelope, subject=f"Deleted: {name}", body=f"Your file {name} was deleted.")
+    return notify_owner(envelope, template="file_deleted")
+
+
+def nothing_to_apply(envelope: Envelope, notification: Notification) -> None:
+    """The mail and its record were committed in ``prepare``; the ledger marks it done."""
+
+
+notify_upload = TwoStepHandler(prepare=prepare_upload, apply=nothing_to_apply)
+notify_deletion = TwoStepHandler(prepare=prepare_deletion, apply=nothing_to_apply)

@@ -26,6 +26,10 @@ if env("EVENTS_TEST_DATABASE_NAME", default=""):
     DATABASES["default"]["NAME"] = env("EVENTS_TEST_DATABASE_NAME")
 
 MEDIA_ROOT = _test_db_dir / "media"
+# pytest-django turns DEBUG off, so WhiteNoise looks for collected files: an empty folder
+# rather than a warning per test client.
+STATIC_ROOT = _test_db_dir / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 
 # Fast retries and a short stale window keep fault-injection tests quick.
 EVENTS_RETRY_BACKOFF_SECONDS = 0.05
