@@ -26,6 +26,8 @@ CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    """No add, change or delete for anyone, superusers included: records, not data."""
+
     # A million-row log: skip the unfiltered COUNT(*) that each filtered page would add.
     show_full_result_count = False
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
 
+from events.admin import ReadOnlyAdmin
 from indexing.models import IndexEntry
 
 TEXT_PREVIEW_CHARS = 2_000
 
 
+# Read-only, delete included: deleting a tombstone would let a late file.uploaded
+# resurrect the file.
 @admin.register(IndexEntry)
-class IndexEntryAdmin(admin.ModelAdmin):
+class IndexEntryAdmin(ReadOnlyAdmin):
     list_display = ("name", "upload_id", "owner_id", "deleted", "note", "indexed_at")
     list_filter = ("deleted",)
     search_fields = ("name", "=upload_id")
@@ -22,13 +24,3 @@ class IndexEntryAdmin(admin.ModelAdmin):
     def text_preview(self, entry: IndexEntry) -> str:
         # The text can be a million characters; the page shows its start.
         return entry.text[:TEXT_PREVIEW_CHARS]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: IndexEntry | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: IndexEntry | None = None) -> bool:
-        # Deleting a tombstone would let a late file.uploaded resurrect the file.
-        return False
