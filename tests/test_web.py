@@ -170,6 +170,15 @@ def test_states_endpoint_returns_my_uploads_and_omits_others(signed_in, user, ot
     assert response.json() == {str(mine.pk): dict.fromkeys(CONSUMERS, "pending")}
 
 
+def test_states_endpoint_omits_an_id_larger_than_any_row_can_have(signed_in, user):
+    mine = upload_text(user)
+
+    response = signed_in.get("/uploads/states/", {"ids": f"{mine.pk},{2**64}"})
+
+    assert response.status_code == 200
+    assert list(response.json()) == [str(mine.pk)]
+
+
 @pytest.mark.parametrize("ids", ["1,x", "-1", ",".join(str(n) for n in range(1, 102))])
 def test_states_endpoint_refuses_malformed_ids(signed_in, ids):
     response = signed_in.get("/uploads/states/", {"ids": ids})

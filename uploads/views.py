@@ -24,6 +24,9 @@ from uploads.services import create_upload, delete_upload
 UPLOADS_PER_PAGE = 20
 # The polling endpoint answers for at most this many uploads at once (more than a page).
 MAX_STATE_IDS = 100
+# The largest id a database row can have; a larger number names no upload (and SQLite
+# refuses to bind it).
+MAX_UPLOAD_ID = 2**63 - 1
 # UploadRejected codes (uploads.exceptions) and the status each one answers with.
 REJECTION_STATUS = {"missing": 400, "empty": 400, "too_large": 413, "type_not_allowed": 415}
 
@@ -162,7 +165,7 @@ def states(request: HttpRequest) -> JsonResponse:
         return _error_json(
             400, "invalid_ids", f"ids must be up to {MAX_STATE_IDS} comma-separated numbers"
         )
-    ids = {int(part) for part in raw}
+    ids = {n for n in map(int, raw) if n <= MAX_UPLOAD_ID}
     uploads = uploads_for_owner(request.user).filter(pk__in=ids) if ids else []
     result = delivery_states(uploads)
     return JsonResponse(
