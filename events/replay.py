@@ -36,7 +36,7 @@ import datetime as dt
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -45,6 +45,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from events.models import Delivery, Event
+from events.progress import ProgressCallback
 from events.registry import Consumer, all_consumers, get_consumer
 from events.schemas import schemas
 from events.services import publish_deliveries_now, run_delivery
@@ -144,9 +145,6 @@ class ReplayReport:
 
     def tally(self, consumer: str) -> ConsumerTally:
         return self.consumers.setdefault(consumer, ConsumerTally())
-
-
-ProgressCallback = Callable[[int], None]
 
 
 # ------------------------------------------------------------------------------

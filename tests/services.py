@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -37,6 +38,13 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+class FakeTerminal(io.StringIO):
+    """A command's stdout that says it is a terminal, so progress bars are drawn."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 def run_manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from audit.services import GENESIS_HASH, append_entry, entry_hash, payload_digest, verify_chain
 from events.schemas import Envelope
-from tests.services import run_manage
+from tests.services import FakeTerminal, run_manage
 
 pytestmark = pytest.mark.django_db
 
@@ -125,6 +125,20 @@ def test_verify_audit_prints_how_many_entries_it_checked():
     call_command("verify_audit", stdout=out)
 
     assert out.getvalue().strip() == "audit chain intact: 3 entries checked"
+
+
+def test_verify_audit_draws_a_progress_bar_on_a_terminal_only():
+    chain(3)
+    terminal = FakeTerminal()
+
+    call_command("verify_audit", stdout=terminal)
+    piped = io.StringIO()
+    call_command("verify_audit", stdout=piped)
+
+    shown = terminal.getvalue()
+    assert "\r" in shown and "3/3" in shown
+    assert shown.index("3/3") < shown.index("audit chain intact: 3 entries checked")
+    assert "\r" not in piped.getvalue()
 
 
 @pytest.mark.django_db(transaction=True)

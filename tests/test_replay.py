@@ -32,7 +32,7 @@ from notifications.models import Notification
 from tests.factories import publish_probe, settled
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
-from tests.services import run_manage, wait_for
+from tests.services import FakeTerminal, run_manage, wait_for
 from uploads.events import FILE_DELETED
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -508,11 +508,6 @@ def test_bad_arguments_exit_non_zero_with_one_line_on_stderr(args, message):
 # ------------------------------------------------------------------------------
 # Progress and streaming
 # ------------------------------------------------------------------------------
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
 def test_progress_bar_is_drawn_on_a_terminal_only(db, published, replay):
     for _ in range(5):
         set_state(probe_event(), "dead")

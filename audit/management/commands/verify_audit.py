@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.models import AuditEntry
 from audit.services import verify_chain
+from events.progress import terminal_progress
 
 
 class Command(BaseCommand):
-    help = "Verify the audit log's hash chain; exit 1 at the first broken entry."
+    help = (
+        "Verify the audit log's hash chain; exit 1 at the first broken entry. Draws a "
+        "progress bar on a terminal."
+    )
 
     def handle(self, *args: object, **options: object) -> None:
-        report = verify_chain()
+        with terminal_progress(
+            self.stdout, total=AuditEntry.objects.count, desc="verifying", unit="entries"
+        ) as on_progress:
+            report = verify_chain(on_progress=on_progress)
         if report.broken is not None:
             entry = report.broken
             raise CommandError(

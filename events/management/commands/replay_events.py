@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
+from events.progress import terminal_progress
 from events.replay import (
     DEFAULT_CHUNK_SIZE,
     ConsumerTally,
@@ -29,13 +29,6 @@ from events.replay import (
     parse_selection,
     replay_events,
 )
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 class Command(BaseCommand):
@@ -133,29 +126,15 @@ class Command(BaseCommand):
         else:
             mode = Mode.PUBLISH
 
-        # Only a terminal gets a bar (counting the selection costs a query); a pipe or a
-        # log file gets the summary alone, without carriage-return noise.
-        progress = None
-        if _isatty(self.stdout):
-            progress = tqdm(
-                total=count_selected_events(selection),
-                desc=_LABELS[mode],
-                unit=" events",
-                # The raw stream: OutputWrapper would end each redraw with a newline.
-                file=getattr(self.stdout, "_out", self.stdout),
-                mininterval=0.2,
-                dynamic_ncols=True,
-            )
-        try:
+        with terminal_progress(
+            self.stdout,
+            total=lambda: count_selected_events(selection),
+            desc=_LABELS[mode],
+            unit="events",
+        ) as on_progress:
             report = replay_events(
-                selection=selection,
-                mode=mode,
-                chunk_size=chunk_size,
-                on_progress=(lambda done: progress.update(done - progress.n)) if progress else None,
+                selection=selection, mode=mode, chunk_size=chunk_size, on_progress=on_progress
             )
-        finally:
-            if progress is not None:
-                progress.close()
         for line in summary_lines(report, force=selection.force):
             self.stdout.write(line)
         if report.broker_failed:
