@@ -11,6 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEntry
+from events.db import one_or_none
 from events.progress import ProgressCallback
 from events.schemas import Envelope
 
@@ -46,7 +47,7 @@ def append_entry(envelope: Envelope) -> AuditEntry:
     on SQLite the immediate transaction already does. The unique ``prev_hash`` is the
     last line of defence: a racing append fails and is retried, never forks the chain.
     """
-    existing = AuditEntry.objects.filter(event_id=envelope.id).first()
+    existing = one_or_none(AuditEntry.objects.filter(event_id=envelope.id))
     if existing is not None:
         return existing
     if connection.vendor == "postgresql":

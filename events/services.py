@@ -25,6 +25,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from events.correlation import get_correlation_id, task_headers
+from events.db import one_or_none
 from events.exceptions import DeliveryBusy, InvalidEventError, PermanentError
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Handler, TwoStepHandler, consumers_for, get_consumer
@@ -251,7 +252,7 @@ def _prepare(delivery_id: int, consumer_name: str | None, event_type: str | None
         return _NOT_PREPARED  # reported under the lock, with the row at hand
     if not isinstance(handler, TwoStepHandler):
         return _NOT_PREPARED
-    delivery = Delivery.objects.select_related("event").filter(pk=delivery_id).first()
+    delivery = one_or_none(Delivery.objects.select_related("event").filter(pk=delivery_id))
     if delivery is None or delivery.state not in Delivery.OPEN_STATES:
         return DeliveryOutcome(
             "skipped", "already finished" if delivery else "delivery no longer exists"
@@ -328,11 +329,10 @@ def retry_countdown(attempts: int) -> float:
 
 
 def _lock_delivery(delivery_id: int) -> Delivery | None:
-    return (
+    return one_or_none(
         Delivery.objects.select_for_update(of=("self",))
         .select_related("event")
         .filter(pk=delivery_id)
-        .first()
     )
 
 

@@ -65,6 +65,7 @@ from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from events.db import one_or_none
 from events.exceptions import DeliveryBusy, PermanentError, TransientError
 from events.schemas import Envelope
 from notifications.models import Notification
@@ -132,7 +133,7 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
     and ``PermanentError`` when the server refused it for good. See the module
     docstring for the claim and its crash window.
     """
-    owner = get_user_model().objects.filter(pk=envelope.payload["owner_id"]).first()
+    owner = one_or_none(get_user_model().objects.filter(pk=envelope.payload["owner_id"]))
     mail = render_mail(template, _context(envelope, owner))
     if owner is None or not owner.email:
         reason = "owner has no email address" if owner else "owner no longer exists"
@@ -195,7 +196,7 @@ def claim(event_id: object, recipient: str, subject: str) -> Notification:
                 )
         except IntegrityError:
             pass  # the row exists: look at it
-        existing = Notification.objects.filter(event_id=event_id, recipient=recipient).first()
+        existing = one_or_none(Notification.objects.filter(event_id=event_id, recipient=recipient))
         if existing is None:
             continue  # released since the insert failed: try again
         if existing.state in (Notification.State.SENT, Notification.State.SKIPPED):
