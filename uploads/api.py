@@ -32,7 +32,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from uploads.exceptions import UploadRejected
-from uploads.http import attachment_response
+from uploads.http import attachment_response, json_error
 from uploads.intake import files_from_request
 from uploads.selectors import delivery_states, get_owned_upload, upload_as_json, uploads_for_owner
 from uploads.services import create_upload, delete_upload
@@ -40,15 +40,13 @@ from uploads.tokens import user_for_token
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-# UploadRejected codes (uploads.exceptions) and the status each one answers with.
-REJECTION_STATUS = {"missing": 400, "empty": 400, "too_large": 413, "type_not_allowed": 415}
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 View = Callable[..., HttpResponse]
 
 
 class ApiError(Exception):
-    """Raised inside an API view to answer with ``api_error(status, code, message)``."""
+    """Raised inside an API view to answer with ``json_error(status, code, message)``."""
 
     def __init__(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -58,15 +56,6 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
-
-
-def api_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JsonResponse:
-    """The JSON error response: ``{"error": {"code": code, "message": message}}``."""
-    return JsonResponse(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
 
 
 class _CsrfCheck(CsrfViewMiddleware):
@@ -125,7 +114,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
-                return api_error(
+                return json_error(
                     405,
                     "method_not_allowed",
                     f"{request.method} is not allowed here; use {allowed}",
@@ -135,13 +124,13 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 _authenticate(request)
                 return view(request, *args, **kwargs)
             except ApiError as exc:
-                return api_error(exc.status, exc.code, exc.message, exc.headers)
+                return json_error(exc.status, exc.code, exc.message, exc.headers)
             except UploadRejected as exc:
-                return api_error(REJECTION_STATUS.get(exc.code, 400), exc.code, exc.message)
+                return json_error(exc.http_status, exc.code, exc.message)
             except Http404:
-                return api_error(404, "not_found", "no such upload")
+                return json_error(404, "not_found", "no such upload")
             except PermissionDenied:
-                return api_error(403, "permission_denied", "you may not do that")
+                return json_error(403, "permission_denied", "you may not do that")
 
         return wrapper
 
@@ -224,4 +213,4 @@ def upload_download(request: HttpRequest, upload_id: int) -> HttpResponse:
 
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
     """Any other path under /api/: a JSON 404 rather than the site's HTML page."""
-    return api_error(404, "not_found", f"no API endpoint at {request.path}")
+    return json_error(404, "not_found", f"no API endpoint at {request.path}")

@@ -8,10 +8,19 @@ class UploadRejected(ValueError):
 
     Codes: ``missing`` (no file in the request), ``empty`` (zero bytes), ``too_large``
     (over ``UPLOAD_MAX_BYTES``), ``type_not_allowed`` (the type sniffed from the bytes is
-    not in a non-empty ``UPLOAD_ALLOWED_TYPES``). Views map them to 400, 400, 413 and 415.
+    not in a non-empty ``UPLOAD_ALLOWED_TYPES``). ``http_status`` maps them to 400, 400,
+    413 and 415 for the pages and the API alike.
     """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+    @property
+    def http_status(self) -> int:
+        """The status a web page or the API answers this refusal with."""
+        return _HTTP_STATUS.get(self.code, 400)
+
+
+_HTTP_STATUS = {"missing": 400, "empty": 400, "too_large": 413, "type_not_allowed": 415}

@@ -1,4 +1,5 @@
-"""Serving a stored upload back to its owner without letting it act on this site."""
+"""HTTP answers shared by the pages and the API: JSON errors, and serving a stored upload
+back to its owner without letting it act on this site."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import unicodedata
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
-from django.http import FileResponse
+from django.http import FileResponse, JsonResponse
 
 from uploads.models import Upload
+from uploads.services import OCTET_STREAM
 
 # Types a browser may render or run: served as opaque bytes, whatever the file is. Not
 # text/plain: an attachment is saved, never shown, and octet-stream is the type no
@@ -33,11 +35,19 @@ ACTIVE_TYPES = frozenset(
         "multipart/x-mixed-replace",
     }
 )
-OCTET_STREAM = "application/octet-stream"
 # The header that makes a response inert even if a browser ends up displaying it: no
 # script, no plugins, no same-origin access, no network requests.
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
 _UNSAFE_IN_QUOTED = re.compile(r'[\x00-\x1f\x7f"\\%;]')
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    """The JSON error response: ``{"error": {"code": code, "message": message}}``."""
+    return JsonResponse(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
 
 
 def served_content_type(content_type: str) -> str:

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_safe
 
 from uploads.exceptions import UploadRejected
-from uploads.http import attachment_response
+from uploads.http import attachment_response, json_error
 from uploads.intake import files_from_request
 from uploads.models import Upload
 from uploads.selectors import delivery_states, get_owned_upload, uploads_for_owner
@@ -27,16 +27,10 @@ MAX_STATE_IDS = 100
 # The largest id a database row can have; a larger number names no upload (and SQLite
 # refuses to bind it).
 MAX_UPLOAD_ID = 2**63 - 1
-# UploadRejected codes (uploads.exceptions) and the status each one answers with.
-REJECTION_STATUS = {"missing": 400, "empty": 400, "too_large": 413, "type_not_allowed": 415}
 
 
 def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
-
-
-def _error_json(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
 def _any_unsettled(states: dict[int, dict]) -> bool:
@@ -76,21 +70,21 @@ def new(request: HttpRequest) -> HttpResponse:
     try:
         files = files_from_request(request, "file")
     except UploadRejected as exc:
-        status = REJECTION_STATUS.get(exc.code, 400)
+        status = exc.http_status
         if _wants_json(request):
-            return _error_json(status, exc.code, exc.message)
+            return json_error(status, exc.code, exc.message)
         messages.error(request, f"Nothing was uploaded: {exc.message}.")
         return render(request, "uploads/new.html", context, status=status)
 
     if _wants_json(request):
         if len(files) != 1:
-            return _error_json(400, "too_many_files", "send one file per request")
+            return json_error(400, "too_many_files", "send one file per request")
         try:
             upload = create_upload(
                 owner=request.user, file=files[0], correlation_id=request.correlation_id
             )
         except UploadRejected as exc:
-            return _error_json(REJECTION_STATUS.get(exc.code, 400), exc.code, exc.message)
+            return json_error(exc.http_status, exc.code, exc.message)
         url = reverse("uploads:detail", args=[upload.pk])
         return JsonResponse({"id": upload.pk, "url": url}, status=201)
 
@@ -107,7 +101,7 @@ def new(request: HttpRequest) -> HttpResponse:
     for upload in created:
         messages.success(request, f"Uploaded “{upload.original_name}”.")
     if not created:
-        status = REJECTION_STATUS.get(refusals[0].code, 400)
+        status = refusals[0].http_status
         return render(request, "uploads/new.html", context, status=status)
     if len(created) == 1 and not refusals:
         return redirect("uploads:detail", upload_id=created[0].pk)
@@ -159,10 +153,10 @@ def states(request: HttpRequest) -> JsonResponse:
     had never existed. The pages poll it while a badge is still pending or retrying.
     """
     if not request.user.is_authenticated:
-        return _error_json(401, "not_authenticated", "sign in again")
+        return json_error(401, "not_authenticated", "sign in again")
     raw = [part for part in request.GET.get("ids", "").split(",") if part.strip()]
     if len(raw) > MAX_STATE_IDS or not all(part.strip().isdecimal() for part in raw):
-        return _error_json(
+        return json_error(
             400, "invalid_ids", f"ids must be up to {MAX_STATE_IDS} comma-separated numbers"
         )
     ids = {n for n in map(int, raw) if n <= MAX_UPLOAD_ID}
