@@ -68,6 +68,14 @@ def uploaded_event(owner: User | None, *, name: str = "notes.txt", owner_id: int
         )
 
 
+def earlier_attempt_left(event: Event, owner: User, state: str, **fields: object) -> Notification:
+    """The ``Notification`` row an earlier attempt at ``event``'s mail left behind."""
+    fields.setdefault("subject", "Uploaded: notes.txt")
+    return Notification.objects.create(
+        event_id=event.id, recipient=owner.email, state=state, **fields
+    )
+
+
 def deleted_event(owner: User, *, name: str = "notes.txt") -> Event:
     with transaction.atomic():
         return record_event(
@@ -162,13 +170,7 @@ def test_a_fresh_claim_held_by_another_attempt_is_looked_at_again_without_counti
 ):
     event = uploaded_event(user)
     claimed_at = timezone.now() - dt.timedelta(seconds=5)
-    Notification.objects.create(
-        event_id=event.id,
-        recipient=user.email,
-        subject="Uploaded: notes.txt",
-        state="claimed",
-        claimed_at=claimed_at,
-    )
+    earlier_attempt_left(event, user, "claimed", claimed_at=claimed_at)
 
     with pytest.raises(TransientError, match="another attempt is sending"):
         handlers.notify_upload.prepare(envelope_of(event))
@@ -192,11 +194,10 @@ def test_a_stale_claim_of_a_crashed_attempt_is_taken_over_and_resent_once_with_t
     # An attempt claimed the mail, maybe sent it, and died before recording it as sent.
     event = uploaded_event(user)
     message_id = message_id_for(event.id, user.email)
-    Notification.objects.create(
-        event_id=event.id,
-        recipient=user.email,
-        subject="Uploaded: notes.txt",
-        state="claimed",
+    earlier_attempt_left(
+        event,
+        user,
+        "claimed",
         claimed_at=timezone.now() - dt.timedelta(seconds=CLAIM_TIMEOUT + 1),
         message_id=message_id,
     )
@@ -215,12 +216,12 @@ def test_a_stale_claim_is_taken_over_by_one_attempt_only(user, mailoutbox):
     from notifications.services import claim
 
     event = uploaded_event(user)
-    Notification.objects.create(
-        event_id=event.id,
-        recipient=user.email,
-        subject="s",
-        state="claimed",
+    earlier_attempt_left(
+        event,
+        user,
+        "claimed",
         claimed_at=timezone.now() - dt.timedelta(seconds=CLAIM_TIMEOUT + 1),
+        subject="s",
     )
 
     taken = claim(event.id, user.email, "s")
@@ -281,11 +282,10 @@ def test_handler_run_under_the_delivery_lock_sends_once_too(user, mailoutbox):
 
 def test_a_rejected_mail_is_tried_again_when_its_dead_delivery_is_replayed(user, mailoutbox):
     event = uploaded_event(user)
-    Notification.objects.create(
-        event_id=event.id,
-        recipient=user.email,
-        subject="Uploaded: notes.txt",
-        state="rejected",
+    earlier_attempt_left(
+        event,
+        user,
+        "rejected",
         claimed_at=timezone.now(),
         reason="mail to alice@example.com rejected: 550 mailbox full",
     )
