@@ -144,7 +144,7 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Celery 5.7's Django fixup closes every connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (celery#4116, #9824); it then closes them only every that
-# many tasks. config/celery.py applies CONN_MAX_AGE and the health check around each task
+# many tasks. events/celery_signals.py applies CONN_MAX_AGE and the health check around each task
 # instead, as Django does around each request. Reconnecting per task (PostgreSQL forks a
 # backend, SQLite reruns the PRAGMAs) cost more than a delivery's own queries.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
