@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "notifications",
     "indexing",
     "audit",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -181,6 +182,14 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 # A claimed but unfinished mail is taken over after this long (its attempt died); at
 # least the notifications task's time limit (a system check says so).
 NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = env.int("NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS", default=120)
+
+# ------------------------------------------------------------------------------
+# Webhooks
+# ------------------------------------------------------------------------------
+# Endpoints on loopback, private, link-local, multicast or reserved addresses are refused
+# (when added, and at send time against the address connected to) unless this is true:
+# for tests and receivers on your own machine, never on a server others can add URLs to.
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)
 
 # ------------------------------------------------------------------------------
 # Celery
