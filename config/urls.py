@@ -12,5 +12,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("search/", include("indexing.urls")),
     path("api/", include("uploads.api_urls")),
+    path("webhooks/", include("webhooks.urls")),
     path("", include("uploads.urls")),
 ]

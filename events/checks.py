@@ -2,9 +2,9 @@
 
 ``delivery_config_problems`` is pure: it takes the numbers and flags and returns what is
 wrong, one sentence each. ``current_delivery_config`` reads them from the Celery app,
-Django settings and the consumer registry. ``config.celery`` calls both when a worker
-starts and exits with the problems; ``manage.py check`` (and so ``migrate`` and
-``runserver``) reports them too.
+Django settings and the consumer registry. A starting worker calls both
+(``events.startup``) and exits with the problems; ``manage.py check`` (and so ``migrate``
+and ``runserver``) reports them too.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
 """The consumer registry: which app handles which event types, on which queue.
 
-Each consumer app declares itself once, from its own ``AppConfig.ready()``::
+Plain data: nothing here imports Celery or the tasks. Each consumer app declares itself
+once, in its own ``consumer.py`` module (found the way Celery finds ``tasks.py``)::
 
     register_consumer(Consumer(
         name="indexing",
         queue="indexing",
         handlers={"file.uploaded": handlers.index_upload, "file.deleted": handlers.drop_upload},
+        concurrency=2,
     ))
 
-The producer never imports a consumer: a fourth consumer touches no existing app.
+``events``' ``AppConfig.ready()`` imports every installed app's ``consumer`` module and
+then builds one Celery task per consumer (``events.tasks.create_consumer_task``). Every
+list of consumers, queues or worker processes (the suite's workers, the Procfile, the
+compose check, ``manage.py consumers``) is derived from here, so a new consumer is its
+app folder plus one ``INSTALLED_APPS`` line.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Consumer:
     marks its delivery done, so its database writes commit together with the ledger.
     It raises ``PermanentError`` for input no retry can fix; any other exception is
     retried with exponential backoff and jitter until ``max_attempts`` tries failed.
+    ``concurrency`` is how many worker processes its queue wants in deployment.
     """
 
     name: str
@@ -57,6 +64,7 @@ class Consumer:
     max_attempts: int = 8
     time_limit: int = 120
     soft_time_limit: int = 100
+    concurrency: int = 1
 
     @property
     def task_name(self) -> str:
@@ -72,14 +80,11 @@ _consumers: dict[str, Consumer] = {}
 
 
 def register_consumer(consumer: Consumer) -> Consumer:
-    """Add ``consumer`` to the registry and create its Celery task."""
-    from events.tasks import create_consumer_task
-
+    """Add ``consumer`` to the registry (its Celery task is built by ``events``' ready())."""
     existing = _consumers.get(consumer.name)
     if existing is not None and existing != consumer:
         raise ValueError(f"consumer {consumer.name!r} is registered twice")
     _consumers[consumer.name] = consumer
-    create_consumer_task(consumer)
     return consumer
 
 
@@ -100,3 +105,8 @@ def all_consumers() -> list[Consumer]:
 def consumers_for(event_type: str) -> list[Consumer]:
     """The consumers subscribed to ``event_type``, in registration order."""
     return [consumer for consumer in all_consumers() if consumer.handles(event_type)]
+
+
+def consumer_queues() -> list[str]:
+    """Each consumer queue once, in registration order."""
+    return list(dict.fromkeys(consumer.queue for consumer in all_consumers()))

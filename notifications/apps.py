@@ -2,24 +2,7 @@ from django.apps import AppConfig
 
 
 class NotificationsConfig(AppConfig):
+    """The notifications consumer (declared in ``notifications/consumer.py``)."""
+
     name = "notifications"
     verbose_name = "Notifications"
-
-    def ready(self) -> None:
-        from events.registry import Consumer, register_consumer
-        from notifications import checks, handlers  # noqa: F401 (checks: registers a check)
-        from uploads.events import FILE_DELETED, FILE_UPLOADED
-
-        register_consumer(
-            Consumer(
-                name="notifications",
-                queue="notifications",
-                handlers={
-                    FILE_UPLOADED: handlers.notify_upload,
-                    FILE_DELETED: handlers.notify_deletion,
-                },
-                # NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS must stay at or above time_limit.
-                time_limit=60,
-                soft_time_limit=45,
-            )
-        )

@@ -13,9 +13,9 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
 
+from events.deployment import all_queues
 from tests.services import ROOT, CeleryWorker, RedisServer
 
-ALL_QUEUES = "notifications,indexing,audit,events,probe"
 # Workers this session started, so teardown knows whether anyone may still be writing.
 _started_workers: list[CeleryWorker] = []
 
@@ -53,7 +53,8 @@ def _session_worker(
     worker = CeleryWorker(
         broker_url=redis_server.url,
         env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
-        queues=ALL_QUEUES,
+        # Every consumer's queue and housekeeping's, as the registry has them (probe too).
+        queues=all_queues(),
         log_path=artifacts_dir / "worker.log",
     )
     worker.start()

@@ -10,10 +10,23 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 
 from events.models import Delivery, Event
+from events.registry import consumers_for
 from events.services import record_event
 from tests.probe.handlers import PROBE_EVENT
+from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import create_upload
+
+
+def upload_consumers() -> list[str]:
+    """The consumers an upload reaches, in registration order, as the registry has them.
+
+    Tests compare against this instead of writing the names out, so a new consumer app
+    leaves them green.
+    """
+    names = [consumer.name for consumer in consumers_for(FILE_UPLOADED)]
+    assert names == [consumer.name for consumer in consumers_for(FILE_DELETED)]
+    return names
 
 
 def upload_text(owner: User, text: str = "the quick brown fox", name: str = "notes.txt") -> Upload:

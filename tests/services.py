@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -127,7 +127,7 @@ class CeleryWorker:
     """``celery -A config worker`` in its own process group, against the test database."""
 
     def __init__(
-        self, *, broker_url: str, env: dict[str, str], queues: str, log_path: Path
+        self, *, broker_url: str, env: dict[str, str], queues: Sequence[str], log_path: Path
     ) -> None:
         self.broker_url = broker_url
         self.env = env
@@ -146,25 +146,15 @@ class CeleryWorker:
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        from events.deployment import worker_argv
+
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                self.queues,
-                "-c",
-                str(concurrency),
-                "-n",
-                self.hostname,
-                "-l",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            worker_argv(
+                queues=self.queues,
+                concurrency=concurrency,
+                hostname=self.hostname,
+                program=[sys.executable, "-m", "celery"],
+            ),
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from events.models import Event
-from tests.factories import upload_text
+from tests.factories import upload_consumers, upload_text
 from tests.services import run_manage, wait_for
 from uploads.models import ApiToken, Upload
 from uploads.tokens import create_api_token, revoke_api_token, user_for_token
@@ -32,7 +32,6 @@ from uploads.tokens import create_api_token, revoke_api_token, user_for_token
 pytestmark = pytest.mark.django_db
 
 LIST_URL = "/api/uploads/"
-CONSUMERS = {"notifications", "indexing", "audit"}
 
 
 def detail_url(upload_id: int) -> str:
@@ -258,7 +257,7 @@ def test_list_shows_own_uploads_newest_first_in_the_documented_shape(api, user, 
     assert set(item) >= {"id", "name", "size", "content_type", "created_at", "deliveries"}
     assert (item["name"], item["size"]) == ("two.md", 3)
     assert timezone.datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
-    assert set(item["deliveries"]) == CONSUMERS
+    assert set(item["deliveries"]) == set(upload_consumers())
     assert set(item["deliveries"].values()) == {"pending"}
 
 
@@ -338,7 +337,7 @@ def test_post_creates_the_upload_and_answers_with_its_deliveries(api, user):
     assert response["Location"] == detail_url(upload.pk)
     assert (body["name"], body["size"]) == ("greeting.txt", 9)
     assert body["content_type"].startswith("text/plain")
-    assert body["deliveries"] == dict.fromkeys(CONSUMERS, "pending")
+    assert body["deliveries"] == dict.fromkeys(upload_consumers(), "pending")
     event = Event.objects.get(type="file.uploaded", aggregate_id=str(upload.pk))
     assert event.actor == user.pk
 
@@ -398,7 +397,7 @@ def test_get_shows_one_upload(api, user):
     assert response.status_code == 200
     body = response.json()
     assert (body["id"], body["name"], body["size"]) == (upload.pk, "hello.txt", 5)
-    assert set(body["deliveries"]) == CONSUMERS
+    assert set(body["deliveries"]) == set(upload_consumers())
 
 
 def test_download_is_the_file_as_an_attachment(api, user):
@@ -444,7 +443,7 @@ def test_delete_removes_the_upload_and_publishes_file_deleted(api, user):
     assert not Upload.objects.filter(pk=upload.pk).exists()
     event = Event.objects.get(type="file.deleted", aggregate_id=str(upload.pk))
     assert event.actor == user.pk
-    assert event.deliveries.count() == len(CONSUMERS)
+    assert event.deliveries.count() == len(upload_consumers())
 
 
 @pytest.mark.parametrize(
@@ -576,5 +575,5 @@ def test_posted_upload_is_seen_done_by_every_consumer_through_get(live_worker, u
         return deliveries if set(deliveries.values()) == {"done"} else None
 
     assert wait_for(all_done, what="every delivery done through the API") == dict.fromkeys(
-        CONSUMERS, "done"
+        upload_consumers(), "done"
     )

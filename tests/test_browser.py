@@ -20,12 +20,12 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
+from tests.factories import upload_consumers
 from tests.services import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CONSUMERS = ("notifications", "indexing", "audit")
 PASSWORD = "correct horse battery"  # the ``user`` and ``other_user`` fixtures' password
 # A bound on waiting for the live worker, never a timing assertion.
 WORKER_WAIT_MS = 60_000
@@ -133,7 +133,7 @@ def test_upload_badges_search_delete_and_privacy_in_a_real_browser(
         alice.get_by_role("link", name="See your uploads").click()
         row = alice.locator(f'[data-upload-id="{upload_id}"]')
         expect(row.locator(".upload-name")).to_have_text(FILE_NAME)
-        for consumer in CONSUMERS:
+        for consumer in upload_consumers():
             expect(row.locator(f'[data-consumer="{consumer}"]')).to_have_attribute(
                 "data-state", "done", timeout=WORKER_WAIT_MS
             )

@@ -83,17 +83,44 @@ def _resolved() -> dict[str, Any]:
 
 
 @functools.cache
-def _production_queues() -> set[str]:
-    """Consumer queues as the base settings register them (no test-only consumers), + events."""
+def _production_workers() -> dict[str, int]:
+    """Queue → concurrency of each worker the base settings' registry wants (no test-only
+    consumers), the housekeeping ``events`` worker included."""
     code = (
-        "import json, django; django.setup(); from events.registry import all_consumers; "
-        "print(json.dumps(sorted({c.queue for c in all_consumers()})))"
+        "import json, django; django.setup(); from events.deployment import worker_specs; "
+        "print(json.dumps({s.queue: s.concurrency for s in worker_specs()}))"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.base"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    return {*json.loads(result.stdout.splitlines()[-1]), "events"}
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _production_queues() -> set[str]:
+    return set(_production_workers())
+
+
+def worker_problems(services: dict[str, dict[str, Any]], wanted: dict[str, int]) -> list[str]:
+    """How the compose workers differ from the workers the registry wants (queue → processes).
+
+    Each queue needs a ``worker-<queue>`` service running the command line
+    ``events.deployment.worker_argv`` builds; no worker may run a queue nobody declared.
+    """
+    from events.deployment import worker_argv
+
+    problems = []
+    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
+    for queue, concurrency in wanted.items():
+        service = workers.get(f"worker-{queue}")
+        if service is None:
+            problems.append(f"worker-{queue} is missing")
+            continue
+        expected = worker_argv(queues=[queue], concurrency=concurrency, hostname=f"{queue}@%h")
+        if _program_invocations(service) != [expected]:
+            problems.append(f"worker-{queue} runs {service['command']!r}, not {expected}")
+    problems += [f"{name} runs no declared queue" for name in workers if name[7:] not in wanted]
+    return problems
 
 
 def _services() -> dict[str, dict[str, Any]]:
@@ -135,6 +162,10 @@ def test_compose_file_is_valid_and_has_every_part_of_the_stack():
     expected = INFRA_SERVICES | APP_SERVICES | {f"worker-{q}" for q in _production_queues()}
 
     assert set(_services()) == expected
+
+
+def test_workers_are_the_ones_the_registry_declares_with_their_concurrency():
+    assert worker_problems(_services(), _production_workers()) == []
 
 
 def test_one_worker_per_consumer_queue_and_one_for_events():

@@ -17,8 +17,10 @@ from django.core.management import call_command
 from config.logging import CorrelationFilter, JsonFormatter
 from events import correlation
 from events.models import Event
+from events.registry import consumers_for
 from tests.factories import publish_probe, settled, upload_text
 from tests.services import ROOT, wait_for
+from uploads.events import FILE_UPLOADED
 from uploads.services import create_upload
 
 
@@ -164,7 +166,7 @@ def test_upload_is_traceable_from_request_to_every_consumer_log_line(live_worker
     event = Event.objects.get(aggregate_id=str(upload.pk), type="file.uploaded")
     assert event.correlation_id == request_id
     wait_for(lambda: settled(event), what="deliveries")
-    names = {"notifications.handle_event", "indexing.handle_event", "audit.handle_event"}
+    names = {consumer.task_name for consumer in consumers_for(FILE_UPLOADED)}
     wait_for(
         lambda: all(_worker_lines(live_worker, f"[{request_id} {n}[") for n in names),
         what=f"worker log lines with {request_id}",

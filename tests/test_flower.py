@@ -19,13 +19,14 @@ import pytest
 from celery import current_app
 
 from events.models import Delivery, Event
+from events.registry import consumers_for
 from tests.factories import upload_text
 from tests.services import ROOT, free_port, wait_for
+from uploads.events import FILE_UPLOADED
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 CREDENTIALS = "operator:flower-test-password"
-CONSUMER_TASKS = {"notifications.handle_event", "indexing.handle_event", "audit.handle_event"}
 
 
 @dataclass
@@ -129,9 +130,9 @@ def test_flower_lists_each_consumers_task_with_ids_only(flower, user):
                 for task_id, task in flower.tasks().items()
                 if str(event.id) in (task.get("kwargs") or "")
             }
-            if {task["name"] for task in mine.values()} == CONSUMER_TASKS and all(
-                task["state"] == "SUCCESS" for task in mine.values()
-            ):
+            if {task["name"] for task in mine.values()} == {
+                c.task_name for c in consumers_for(FILE_UPLOADED)
+            } and all(task["state"] == "SUCCESS" for task in mine.values()):
                 seen.update(event=event, deliveries=delivery_ids, tasks=mine)
                 return True
             return False

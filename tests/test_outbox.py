@@ -14,8 +14,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from events.models import Delivery, Event
+from events.registry import all_consumers, consumers_for
 from events.services import deliveries_to_relay, record_event, relay_outbox, retry_countdown
-from tests.factories import upload_text
+from tests.factories import upload_consumers, upload_text
+from uploads.events import FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import delete_upload
 
@@ -40,11 +42,9 @@ def test_upload_stores_event_and_one_pending_delivery_per_consumer(user):
     assert (event.type, event.version, event.actor) == ("file.uploaded", 2, user.pk)
     assert event.payload["sha256"] == upload.sha256
     assert event.payload["storage_name"] == upload.file.name
-    assert sorted(Delivery.objects.filter(event=event).values_list("consumer", "state")) == [
-        ("audit", "pending"),
-        ("indexing", "pending"),
-        ("notifications", "pending"),
-    ]
+    assert sorted(Delivery.objects.filter(event=event).values_list("consumer", "state")) == sorted(
+        (name, "pending") for name in upload_consumers()
+    )
 
 
 def test_commit_enqueues_one_task_per_consumer_on_its_own_queue(
@@ -54,11 +54,8 @@ def test_commit_enqueues_one_task_per_consumer_on_its_own_queue(
         upload = upload_text(user)
 
     published = {call.args[0]: call.kwargs["queue"] for call in sent_tasks.call_args_list}
-    assert published == {
-        "notifications.handle_event": "notifications",
-        "indexing.handle_event": "indexing",
-        "audit.handle_event": "audit",
-    }
+    assert published == {c.task_name: c.queue for c in consumers_for(FILE_UPLOADED)}
+    assert len(set(published.values())) == len(published)  # each on its own queue
     event = Event.objects.get(aggregate_id=str(upload.pk))
     kwargs = sent_tasks.call_args_list[0].kwargs["kwargs"]
     assert set(kwargs) == {"delivery_id", "event_id", "event_type"}
@@ -77,7 +74,9 @@ def test_a_publish_that_fails_leaves_the_deliveries_unenqueued_for_the_relay(
         upload = upload_text(user)
 
     event = Event.objects.get(aggregate_id=str(upload.pk))
-    assert Delivery.objects.filter(event=event, enqueued_at__isnull=True).count() == 3
+    assert Delivery.objects.filter(event=event, enqueued_at__isnull=True).count() == len(
+        upload_consumers()
+    )
 
 
 def test_nothing_is_published_before_commit(user, sent_tasks, django_capture_on_commit_callbacks):
@@ -143,7 +142,7 @@ def test_deleted_upload_keeps_its_file_until_the_transaction_commits(
     assert stored_files(settings) == []
     event = Event.objects.get(aggregate_id=str(upload_id), type="file.deleted")
     assert event.payload == {"upload_id": upload_id, "owner_id": user.pk, "name": "notes.txt"}
-    assert Delivery.objects.filter(event=event).count() == 3
+    assert Delivery.objects.filter(event=event).count() == len(upload_consumers())
 
 
 def test_relay_takes_never_enqueued_and_stale_deliveries_only(user, settings):
@@ -151,7 +150,8 @@ def test_relay_takes_never_enqueued_and_stale_deliveries_only(user, settings):
     now = timezone.now()
     stale = now - dt.timedelta(seconds=settings.EVENTS_STALE_AFTER_SECONDS + 1)
     fresh = now - dt.timedelta(seconds=1)
-    never, stale_one, fresh_one = Delivery.objects.order_by("pk")
+    # Any further consumers' deliveries stay just created: left to their on-commit publish.
+    never, stale_one, fresh_one, *_ = Delivery.objects.order_by("pk")
     Delivery.objects.filter(pk=never.pk).update(created_at=stale, enqueued_at=None)
     Delivery.objects.filter(pk=stale_one.pk).update(created_at=stale, enqueued_at=stale)
     Delivery.objects.filter(pk=fresh_one.pk).update(created_at=stale, enqueued_at=fresh)
@@ -179,8 +179,8 @@ def test_relay_outbox_publishes_what_was_never_enqueued(user, sent_tasks):
 
     result = relay_outbox()
 
-    assert (result.published, result.broker_failed) == (3, False)
-    assert sent_tasks.call_count == 3
+    assert (result.published, result.broker_failed) == (len(upload_consumers()), False)
+    assert sent_tasks.call_count == len(upload_consumers())
     assert not Delivery.objects.filter(enqueued_at__isnull=True).exists()
     assert relay_outbox().published == 0
 
@@ -205,8 +205,7 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
 
     status = json.loads(capsys.readouterr().out)
     assert status["events"] == {"total": 1, "unenqueued": 1}
-    # The test settings add probe consumers after the three real ones.
-    assert list(status["consumers"])[:3] == ["notifications", "indexing", "audit"]
+    assert list(status["consumers"]) == [c.name for c in all_consumers()]
     assert set(status["consumers"]["notifications"]) == {
         "done",
         "pending",

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from events.models import Delivery, Event
-from tests.factories import upload_text
+from tests.factories import upload_consumers, upload_text
 from tests.services import wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
@@ -22,7 +22,6 @@ from uploads.selectors import ConsumerState, delivery_states, upload_as_json
 
 pytestmark = pytest.mark.django_db
 
-CONSUMERS = ["notifications", "indexing", "audit"]
 PASSWORD = "correct horse battery"
 
 
@@ -118,7 +117,7 @@ def test_list_shows_a_pending_badge_per_consumer_and_polls(signed_in, user):
 
     html = signed_in.get("/").content.decode()
 
-    assert badges(html) == [("badge badge-pending", name, "pending") for name in CONSUMERS]
+    assert badges(html) == [("badge badge-pending", name, "pending") for name in upload_consumers()]
     assert 'data-states-url="/uploads/states/"' in html
     assert 'aria-live="polite"' in html
 
@@ -132,11 +131,11 @@ def test_list_badges_map_ledger_states_for_people(signed_in, user):
 
     html = signed_in.get("/").content.decode()
 
-    assert badges(html) == [
-        ("badge badge-done", "notifications", "done"),
-        ("badge badge-failed", "indexing", "failed"),
-        ("badge badge-retrying", "audit", "retrying"),
-    ]
+    shown = {name: (css, label) for css, name, label in badges(html)}
+    assert list(shown) == upload_consumers()
+    assert shown["notifications"] == ("badge badge-done", "done")
+    assert shown["indexing"] == ("badge badge-failed", "failed")
+    assert shown["audit"] == ("badge badge-retrying", "retrying")
 
 
 def test_list_is_paginated(signed_in, user):
@@ -167,7 +166,7 @@ def test_states_endpoint_returns_my_uploads_and_omits_others(signed_in, user, ot
     response = signed_in.get("/uploads/states/", {"ids": f"{mine.pk},{theirs.pk},999999"})
 
     assert response.status_code == 200
-    assert response.json() == {str(mine.pk): dict.fromkeys(CONSUMERS, "pending")}
+    assert response.json() == {str(mine.pk): dict.fromkeys(upload_consumers(), "pending")}
 
 
 def test_states_endpoint_omits_an_id_larger_than_any_row_can_have(signed_in, user):
@@ -200,13 +199,12 @@ def test_delivery_states_reads_the_current_event_and_lists_every_consumer(user):
 
     states = delivery_states([upload])[upload.pk]
 
-    assert list(states) == CONSUMERS
+    assert list(states) == upload_consumers()
     assert states["indexing"] == ConsumerState("indexing", "failed", 3, "boom")
     assert states["audit"] == ConsumerState("audit", "pending")
     assert upload_as_json(upload, {upload.pk: states})["deliveries"] == {
-        "notifications": "pending",
+        **dict.fromkeys(upload_consumers(), "pending"),
         "indexing": "failed",
-        "audit": "pending",
     }
 
 
@@ -445,7 +443,7 @@ def test_badges_go_from_pending_to_done_as_the_consumers_finish(live_worker, cli
     upload_id = str(response.json()["id"])
 
     first = badges(client.get("/").content.decode())
-    assert {consumer for _, consumer, _ in first} == set(CONSUMERS)
+    assert {consumer for _, consumer, _ in first} == set(upload_consumers())
     assert {state for _, _, state in first} <= {"pending", "retrying", "done"}
 
     def all_done() -> bool:
@@ -454,5 +452,5 @@ def test_badges_go_from_pending_to_done_as_the_consumers_finish(live_worker, cli
 
     wait_for(all_done, timeout=60, what="every badge done")
     html = client.get("/").content.decode()
-    assert badges(html) == [("badge badge-done", name, "done") for name in CONSUMERS]
+    assert badges(html) == [("badge badge-done", name, "done") for name in upload_consumers()]
     assert "catch-up.txt" in client.get("/search/", {"q": "puffin"}).content.decode()

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "notifications",
     "indexing",
     "audit",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -144,7 +145,7 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Celery 5.7's Django fixup closes every connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (celery#4116, #9824); it then closes them only every that
-# many tasks. config/celery.py applies CONN_MAX_AGE and the health check around each task
+# many tasks. events/celery_signals.py applies CONN_MAX_AGE and the health check around each task
 # instead, as Django does around each request. Reconnecting per task (PostgreSQL forks a
 # backend, SQLite reruns the PRAGMAs) cost more than a delivery's own queries.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
@@ -181,6 +182,14 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 # A claimed but unfinished mail is taken over after this long (its attempt died); at
 # least the notifications task's time limit (a system check says so).
 NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = env.int("NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS", default=120)
+
+# ------------------------------------------------------------------------------
+# Webhooks
+# ------------------------------------------------------------------------------
+# Endpoints on loopback, private, link-local, multicast or reserved addresses are refused
+# (when added, and at send time against the address connected to) unless this is true:
+# for tests and receivers on your own machine, never on a server others can add URLs to.
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)
 
 # ------------------------------------------------------------------------------
 # Celery

@@ -47,3 +47,8 @@ CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:1/0
 # The short stale window sits below the real consumers' time limits (60-120 s): the relay
 # may republish a delivery whose first task still runs, and the ledger absorbs it.
 EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
+
+# Webhook tests call receivers on 127.0.0.1; one test turns this off to see the refusal.
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True
+# A slow receiver times out in a test without a ten-second wait.
+WEBHOOKS_READ_TIMEOUT_SECONDS = 1.5

@@ -1,0 +1,17 @@
+"""The audit consumer, declared once; ``events`` finds this module and builds its task."""
+
+from audit import handlers
+from events.registry import Consumer, register_consumer
+from uploads.events import FILE_DELETED, FILE_UPLOADED
+
+consumer = register_consumer(
+    Consumer(
+        name="audit",
+        queue="audit",
+        handlers={FILE_UPLOADED: handlers.record, FILE_DELETED: handlers.record},
+        # Concurrent appends that lose the race for the chain head retry quickly.
+        max_attempts=12,
+        # One process: concurrent appends would only race for the head of the hash chain.
+        concurrency=1,
+    )
+)

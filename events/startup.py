@@ -1,0 +1,97 @@
+"""Processes started with ``celery -A config`` that refuse an unsafe configuration.
+
+Connected on import; ``config/celery.py`` imports this module:
+
+- a worker refuses to start on a configuration that would duplicate or lose work (the
+  rules are ``events.checks``);
+- Flower refuses to start without basic auth unless ``DJANGO_DEBUG`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery.signals import import_modules, worker_init
+
+from events import correlation
+from events.checks import current_delivery_config, delivery_config_problems
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------
+# Worker startup
+# ------------------------------------------------------------------------------
+@worker_init.connect
+def refuse_unsafe_configuration(sender: Any = None, **kwargs: Any) -> None:
+    """Stop the worker before it takes a message if the configuration is unsafe.
+
+    Celery logs and swallows exceptions from signal handlers; ``SystemExit`` is not one,
+    so the worker exits with status 1 and the problems on stderr.
+    """
+    # A worker's correlation ids come from its tasks, never one for the whole process.
+    correlation.disable_process_default()
+    options = getattr(sender, "options", None) or {}
+    if (
+        not getattr(sender, "task_events", False)
+        and options.get("without_gossip")
+        and options.get("without_heartbeat")
+    ):
+        # Such a worker has no event dispatcher, so Flower's enable_events cannot reach it.
+        logger.warning(
+            "this worker sends no events at all (--without-gossip --without-heartbeat, no -E): "
+            "Flower will not see its tasks; keep heartbeats on to let Flower switch task "
+            "events on when it starts"
+        )
+    problems = delivery_config_problems(current_delivery_config(getattr(sender, "app", None)))
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise SystemExit(
+            f"celery worker refused to start: the configuration would duplicate or lose work:\n"
+            f"{lines}"
+        )
+
+
+# ------------------------------------------------------------------------------
+# Flower
+# ------------------------------------------------------------------------------
+def flower_auth_problem(*, debug: bool, basic_auth: Sequence[str]) -> str | None:
+    """Why Flower must not start with these settings, or ``None`` when it may."""
+    valid = [entry for entry in basic_auth if _is_user_password(entry)]
+    if len(valid) != len(basic_auth):
+        return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
+    if not valid and not debug:
+        return (
+            "FLOWER_BASIC_AUTH (user:password) is required when DJANGO_DEBUG is off: "
+            "Flower shows every task and can revoke them and shut workers down"
+        )
+    return None
+
+
+def _is_user_password(entry: str) -> bool:
+    user, sep, password = entry.partition(":")
+    return bool(user and sep and password)
+
+
+@import_modules.connect
+def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
+    """Refuse to start Flower without basic auth when ``DJANGO_DEBUG`` is off.
+
+    Flower has no hook of its own: it builds its options (command line,
+    ``FLOWER_*`` environment, ``flowerconfig.py``) and then, creating its web app, has
+    Celery import the task modules, which sends ``import_modules``. The click context
+    says which ``celery`` subcommand runs; any other subcommand passes through.
+    """
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None or context.command.name != "flower":
+        return
+    from django.conf import settings
+    from tornado.options import options
+
+    problem = flower_auth_problem(debug=settings.DEBUG, basic_auth=options.basic_auth or [])
+    if problem:
+        raise SystemExit(f"flower refused to start: {problem}")

@@ -1,0 +1,19 @@
+"""The indexing consumer, declared once; ``events`` finds this module and builds its task."""
+
+from events.registry import Consumer, register_consumer
+from indexing import handlers
+from uploads.events import FILE_DELETED, FILE_UPLOADED
+
+consumer = register_consumer(
+    Consumer(
+        name="indexing",
+        queue="indexing",
+        handlers={
+            # Two steps: the file is read and its text extracted before the
+            # delivery's transaction (and SQLite's write lock) is taken.
+            FILE_UPLOADED: handlers.index_upload,
+            FILE_DELETED: handlers.remove_upload,
+        },
+        concurrency=2,
+    )
+)

@@ -1,0 +1,15 @@
+"""Mounted at ``/webhooks/`` by ``config/urls.py``."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from webhooks import views
+
+app_name = "webhooks"
+
+urlpatterns = [
+    path("", views.endpoints, name="endpoints"),
+    path("<int:endpoint_id>/delete/", views.delete, name="delete"),
+    path("<int:endpoint_id>/ping/", views.ping, name="ping"),
+]
