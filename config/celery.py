@@ -6,7 +6,7 @@ handlers below make processes started with ``-A config`` safe and traceable:
 
 - a worker refuses to start on a configuration that would duplicate or lose work
   (``events.checks``);
-- Flower refuses to start without basic auth unless ``DJANGO_DEBUG`` is on;
+- Flower refuses to start without basic auth;
 - a task runs with the correlation id its message carries, so its log lines say which
   request or command it serves, and tasks it sends carry the id on;
 - database connections live across tasks as they do across requests (``CONN_MAX_AGE``,
@@ -157,13 +157,17 @@ def carry_correlation_id(headers: dict[str, Any] | None = None, **kwargs: Any) -
 # Flower
 # ------------------------------------------------------------------------------
 def flower_auth_problem(*, debug: bool, basic_auth: Sequence[str]) -> str | None:
-    """Why Flower must not start with these settings, or ``None`` when it may."""
+    """Why Flower must not start with these settings, or ``None`` when it may.
+
+    Credentials are required whatever ``debug`` says: a debug run is still reachable by
+    whoever can reach its port, and ``celery -A config flower`` binds every interface.
+    """
     valid = [entry for entry in basic_auth if _is_user_password(entry)]
     if len(valid) != len(basic_auth):
         return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
-    if not valid and not debug:
+    if not valid:
         return (
-            "FLOWER_BASIC_AUTH (user:password) is required when DJANGO_DEBUG is off: "
+            "FLOWER_BASIC_AUTH (user:password) is required: "
             "Flower shows every task and can revoke them and shut workers down"
         )
     return None
@@ -176,7 +180,7 @@ def _is_user_password(entry: str) -> bool:
 
 @import_modules.connect
 def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
-    """Refuse to start Flower without basic auth when ``DJANGO_DEBUG`` is off.
+    """Refuse to start Flower without basic auth.
 
     Flower has no hook of its own: it builds its options (command line,
     ``FLOWER_*`` environment, ``flowerconfig.py``) and then, creating its web app, has

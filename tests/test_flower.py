@@ -199,3 +199,18 @@ def test_flower_will_not_start_with_malformed_basic_auth(redis_server):
 
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH must be user:password" in result.stderr
+
+
+def test_flower_will_not_start_without_basic_auth_even_with_debug_on(redis_server):
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "config", "flower", f"--port={free_port()}"],
+        cwd=ROOT,
+        env=_flower_env(redis_server.url, DJANGO_DEBUG="true"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "flower refused to start" in result.stderr
+    assert "FLOWER_BASIC_AUTH" in result.stderr

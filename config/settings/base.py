@@ -20,11 +20,21 @@ if (BASE_DIR / ".env").is_file():
 # ------------------------------------------------------------------------------
 # Core
 # ------------------------------------------------------------------------------
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env(
-    "DJANGO_SECRET_KEY",
-    default="django-insecure-local-development-key-change-me-in-production",
-)
+# Off unless asked for: debug pages show settings (broker and mail passwords included)
+# and every URL pattern. bin/start turns it on for its loopback-only run.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Public (it is in this file): good enough for a loopback debug run, never for anything else.
+DEVELOPMENT_SECRET_KEY = "django-insecure-local-development-key-change-me-in-production"
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="") or (DEVELOPMENT_SECRET_KEY if DEBUG else "")
+if not DEBUG and SECRET_KEY in ("", DEVELOPMENT_SECRET_KEY):
+    # Here, not in a system check: web, workers, beat, Flower and every command import
+    # these settings, and checks do not run for all of them. SystemExit with a message
+    # prints that one line and exits 1, with no traceback to read past.
+    raise SystemExit(
+        "refusing to start: DJANGO_SECRET_KEY is unset or the public development key while "
+        "DJANGO_DEBUG is off; set DJANGO_SECRET_KEY to a long random value, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [

@@ -6,7 +6,12 @@ must be a file (SQLite) or a server (PostgreSQL) those processes can open too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The base settings refuse to load without a real secret key when debug is off (as it is
+# in tests); a test run has its own, set before they load. Never used outside tests.
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-settings-only-" + "x" * 50)
 
 from config.settings.base import *  # noqa: F403
 from config.settings.base import BASE_DIR, DATABASES, INSTALLED_APPS, env
@@ -47,3 +52,10 @@ CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:1/0
 # The short stale window sits below the real consumers' time limits (60-120 s): the relay
 # may republish a delivery whose first task still runs, and the ledger absorbs it.
 EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
+
+# Debug is off in tests as in production, which turns the HTTPS defaults on; the test
+# client speaks plain HTTP. tests/test_deploy_check.py covers the production values.
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
