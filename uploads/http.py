@@ -50,6 +50,19 @@ def json_error(
     )
 
 
+# Far more digits than any id or page number has, far fewer than int()'s limit (4300),
+# past which int() raises instead of answering.
+MAX_NUMBER_DIGITS = 30
+
+
+def positive_int_or_none(raw: str) -> int | None:
+    """``raw`` as an integer of at least 1, or ``None`` when it is not one (or absurdly long)."""
+    if not raw or len(raw) > MAX_NUMBER_DIGITS or not raw.isascii() or not raw.isdecimal():
+        return None
+    number = int(raw)
+    return number if number >= 1 else None
+
+
 def served_content_type(content_type: str) -> str:
     """The ``Content-Type`` to send for a stored type: active types become octet-stream."""
     base = content_type.split(";", 1)[0].strip().lower()
