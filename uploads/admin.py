@@ -15,6 +15,7 @@ from django.utils.http import urlencode
 from events.models import Delivery
 from events.selectors import latest_deliveries_for_aggregates
 from uploads.events import FILE_DELETED, FILE_UPLOADED
+from uploads.exceptions import UploadGone
 from uploads.models import ApiToken, Upload
 from uploads.services import delete_upload
 from uploads.tokens import issue_key, revoke_api_token
@@ -159,13 +160,20 @@ class UploadAdmin(admin.ModelAdmin):
         return format_html('<a href="{}?{}">events about this upload</a>', url, query)
 
     def delete_model(self, request: HttpRequest, obj: Upload) -> None:
-        delete_upload(obj, actor=request.user)
+        self._delete(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
         # The bulk "delete selected" action lands here: one delete_upload per upload,
         # so each one publishes its own file.deleted.
         for upload in queryset.select_related("owner"):
+            self._delete(request, upload)
+
+    def _delete(self, request: HttpRequest, upload: Upload) -> None:
+        try:
             delete_upload(upload, actor=request.user)
+        except UploadGone as exc:
+            # Another admin (or the owner) was first; nothing more is recorded.
+            self.message_user(request, f"{exc}; nothing was recorded again.", messages.WARNING)
 
 
 @admin.register(ApiToken)

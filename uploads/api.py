@@ -37,7 +37,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from uploads.exceptions import UploadRejected
+from uploads.exceptions import UploadGone, UploadRejected
 from uploads.http import attachment_response, json_error, positive_int_or_none
 from uploads.intake import files_from_request
 from uploads.selectors import delivery_states, get_owned_upload, upload_as_json, uploads_for_owner
@@ -133,7 +133,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return json_error(exc.status, exc.code, exc.message, exc.headers)
             except UploadRejected as exc:
                 return json_error(exc.http_status, exc.code, exc.message)
-            except Http404:
+            except (Http404, UploadGone):
                 return json_error(404, "not_found", "no such upload")
             except PermissionDenied:
                 return json_error(403, "permission_denied", "you may not do that")

@@ -17,9 +17,10 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from events.db import one_or_none
 from events.services import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
-from uploads.exceptions import UploadRejected
+from uploads.exceptions import UploadGone, UploadRejected
 from uploads.models import Upload
 
 logger = logging.getLogger(__name__)
@@ -289,18 +290,28 @@ def create_upload(
 def delete_upload(
     upload: Upload, *, actor: AbstractBaseUser | None, correlation_id: str = ""
 ) -> None:
-    """Delete ``upload`` and publish ``file.deleted``; the stored file goes after commit."""
-    storage_name = upload.file.name
+    """Delete ``upload`` and publish ``file.deleted``; the stored file goes after commit.
+
+    Raises ``UploadGone``, recording nothing, when the upload was deleted already (a
+    double click, an API retry, two admins, a stale object): the row is re-read under a
+    lock first, so of two deletes of one upload exactly one records ``file.deleted``.
+    """
     with transaction.atomic():
+        # PostgreSQL: the second delete waits on the row lock, then finds no row. SQLite:
+        # the IMMEDIATE transaction already serializes writers, and the re-read sees it.
+        current = one_or_none(Upload.objects.select_for_update().filter(pk=upload.pk))
+        if current is None:
+            raise UploadGone(upload.pk)
+        storage_name = current.file.name
         record_event(
             event_type=FILE_DELETED,
-            aggregate_id=upload.pk,
+            aggregate_id=current.pk,
             actor=actor.pk if actor is not None else None,
             correlation_id=correlation_id,
             payload={
-                "upload_id": upload.pk,
-                "owner_id": upload.owner_id,
-                "name": upload.original_name,
+                "upload_id": current.pk,
+                "owner_id": current.owner_id,
+                "name": current.original_name,
             },
         )
         upload.delete()

@@ -9,12 +9,12 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_safe
 
-from uploads.exceptions import UploadRejected
+from uploads.exceptions import UploadGone, UploadRejected
 from uploads.http import attachment_response, json_error, positive_int_or_none
 from uploads.intake import files_from_request
 from uploads.models import Upload
@@ -144,7 +144,11 @@ def delete(request: HttpRequest, upload_id: int) -> HttpResponse:
     if request.method != "POST":
         return render(request, "uploads/confirm_delete.html", {"upload": upload})
     name = upload.original_name
-    delete_upload(upload, actor=request.user, correlation_id=request.correlation_id)
+    try:
+        delete_upload(upload, actor=request.user, correlation_id=request.correlation_id)
+    except UploadGone:
+        # Deleted by another request between the read above and here.
+        raise Http404("no such upload") from None
     messages.success(request, f"Deleted “{name}”.")
     return redirect("uploads:index")
 
