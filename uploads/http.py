@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 from django.http import FileResponse, JsonResponse
 
+from uploads.files import OCTET_STREAM
 from uploads.models import Upload
-from uploads.services import OCTET_STREAM
 
 # Types a browser may render or run: served as opaque bytes, whatever the file is. Not
 # text/plain: an attachment is saved, never shown, and octet-stream is the type no
