@@ -53,7 +53,9 @@ def test_debug_is_off_when_nothing_turns_it_on():
 
 
 @pytest.mark.parametrize(
-    "secret", [None, "", PUBLIC_DEVELOPMENT_KEY], ids=["unset", "empty", "public-dev-key"]
+    "secret",
+    [None, "", PUBLIC_DEVELOPMENT_KEY, "change-me-to-a-long-random-string"],
+    ids=["unset", "empty", "public-dev-key", "env-example-placeholder"],
 )
 def test_a_command_refuses_to_start_without_a_real_secret_key(secret):
     overrides = {} if secret is None else {"DJANGO_SECRET_KEY": secret}

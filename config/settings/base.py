@@ -25,13 +25,15 @@ if (BASE_DIR / ".env").is_file():
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Public (it is in this file): good enough for a loopback debug run, never for anything else.
 DEVELOPMENT_SECRET_KEY = "django-insecure-local-development-key-change-me-in-production"
+# Keys anyone can read: this file's and .env.example's placeholder.
+PUBLIC_SECRET_KEYS = frozenset({"", DEVELOPMENT_SECRET_KEY, "change-me-to-a-long-random-string"})
 SECRET_KEY = env("DJANGO_SECRET_KEY", default="") or (DEVELOPMENT_SECRET_KEY if DEBUG else "")
-if not DEBUG and SECRET_KEY in ("", DEVELOPMENT_SECRET_KEY):
+if not DEBUG and SECRET_KEY in PUBLIC_SECRET_KEYS:
     # Here, not in a system check: web, workers, beat, Flower and every command import
     # these settings, and checks do not run for all of them. SystemExit with a message
     # prints that one line and exits 1, with no traceback to read past.
     raise SystemExit(
-        "refusing to start: DJANGO_SECRET_KEY is unset or the public development key while "
+        "refusing to start: DJANGO_SECRET_KEY is unset or a public placeholder while "
         "DJANGO_DEBUG is off; set DJANGO_SECRET_KEY to a long random value, e.g. "
         "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
     )
