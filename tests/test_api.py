@@ -390,6 +390,16 @@ def test_post_with_more_fields_than_django_parses_is_json_400(api, settings):
     assert error_of(response)["code"] == "bad_request"
 
 
+@pytest.mark.parametrize(
+    "content_type", ["multipart/form-data", "multipart/form-data; boundary=", "multipart/x; b=1"]
+)
+def test_malformed_multipart_body_is_json_400(api, content_type):
+    response = api.post(LIST_URL, "garbage", content_type=content_type)
+
+    assert response.status_code == 400
+    assert error_of(response)["code"] in ("bad_request", "missing")
+
+
 def test_form_body_over_djangos_memory_limit_is_json_413(api, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import (
+    BadRequest,
     PermissionDenied,
     RequestDataTooBig,
     SuspiciousOperation,
@@ -33,6 +34,7 @@ from django.core.exceptions import (
 )
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -143,7 +145,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 )
             except TooManyFilesSent:
                 return json_error(400, "too_many_files", "send one file per request")
-            except SuspiciousOperation:
+            except (SuspiciousOperation, BadRequest, MultiPartParserError):
                 # Django's other refusals to parse a body (too many fields, a malformed
                 # multipart body) would answer its HTML 400 page.
                 return json_error(400, "bad_request", "the request body could not be parsed")
