@@ -7,12 +7,14 @@ Deleting an upload that is already gone is a clear error and records nothing.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.models import User
+from django.db import connections
 from django.db.models import ProtectedError
 from django.test import Client
 from django.urls import reverse
@@ -100,6 +102,37 @@ def test_second_delete_of_a_stale_object_is_a_clear_error_and_records_nothing(us
         delete_upload(stale, actor=user)
 
     assert deleted_events(stale.pk) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_deletes_of_one_upload_record_one_file_deleted(user):
+    upload = upload_text(user)
+    upload_id = upload.pk
+    # two requests, each holding its own copy of the row, delete at the same moment
+    copies = [Upload.objects.get(pk=upload_id) for _ in range(2)]
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def delete(copy: Upload) -> None:
+        try:
+            start.wait()
+            delete_upload(copy, actor=user)
+            outcomes.append("deleted")
+        except UploadGone:
+            outcomes.append("gone")
+        except BaseException as exc:  # reported below, in the test's thread
+            outcomes.append(repr(exc))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=delete, args=(copy,)) for copy in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(outcomes) == ["deleted", "gone"]
+    assert deleted_events(upload_id) == 1
 
 
 def test_second_api_delete_is_404_and_records_nothing(user, monkeypatch):
