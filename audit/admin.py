@@ -10,6 +10,6 @@ from events.admin import ReadOnlyAdmin
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("pk", "event_type", "upload_id", "actor", "occurred_at", "recorded_at")
+    list_display = ("sequence", "event_type", "upload_id", "actor", "occurred_at", "recorded_at")
     list_filter = ("event_type",)
     search_fields = ("event_id", "upload_id", "hash")

@@ -1,12 +1,13 @@
 """The audit consumer, declared once; ``events`` finds this module and builds its task."""
 
 from audit import handlers
+from audit.services import AUDIT_CONSUMER
 from events.registry import Consumer, register_consumer
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
     Consumer(
-        name="audit",
+        name=AUDIT_CONSUMER,
         queue="audit",
         handlers={FILE_UPLOADED: handlers.record, FILE_DELETED: handlers.record},
         # Concurrent appends that lose the race for the chain head retry quickly.

@@ -6,12 +6,15 @@ from django.db import models
 
 
 class AuditEntry(models.Model):
-    """One event, recorded once. ``hash`` covers the content and ``prev_hash``.
+    """One event, recorded once. ``hash`` covers the content, ``sequence`` and ``prev_hash``.
 
-    ``prev_hash`` is unique, so two appends that read the same head cannot both
-    commit: the chain cannot fork, whatever the number of workers.
+    ``prev_hash`` and ``sequence`` are unique, so two appends that read the same head
+    cannot both commit: the chain cannot fork, whatever the number of workers.
+    ``sequence`` counts entries from 1, so a head and a count kept outside the database
+    pin down exactly which entry must still be there (``verify_audit --expect-head``).
     """
 
+    sequence = models.PositiveBigIntegerField(unique=True)
     event_id = models.UUIDField(unique=True)
     event_type = models.CharField(max_length=100)
     actor = models.BigIntegerField(null=True, blank=True)
@@ -23,8 +26,8 @@ class AuditEntry(models.Model):
     hash = models.CharField(max_length=64, unique=True)
 
     class Meta:
-        ordering = ["pk"]
+        ordering = ["sequence"]
         verbose_name_plural = "audit entries"
 
     def __str__(self) -> str:
-        return f"#{self.pk} {self.event_type} {self.upload_id}"
+        return f"#{self.sequence} {self.event_type} {self.upload_id}"

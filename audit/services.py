@@ -1,4 +1,14 @@
-"""Appending to and verifying the audit hash chain."""
+"""Appending to and verifying the audit hash chain.
+
+What ``verify_chain`` detects: an entry edited, inserted or removed anywhere (its hash or
+the next entry's ``prev_hash`` no longer fits); entries removed from the end, or all of
+them, while the event ledger still holds their events (each event whose audit delivery is
+``done`` must have its entry); and, against a head hash and count kept outside the
+database, any removal from the end at all. What it cannot detect: someone with write
+access to the database who rewrites the whole chain from some entry on and the ledger to
+match, when no head was kept elsewhere; entries removed from the end after their events
+were pruned (``prune_events``) and after the last head kept elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +22,13 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.db import one_or_none
+from events.models import Delivery
 from events.progress import ProgressCallback
 from events.schemas import Envelope
 
 GENESIS_HASH = "0" * 64
+# The consumer's name in the event ledger (audit/apps.py registers it).
+AUDIT_CONSUMER = "audit"
 # Any fixed number: the key of the PostgreSQL advisory lock that serializes appends.
 _CHAIN_LOCK_KEY = 0x0A0D17
 
@@ -28,6 +41,7 @@ def payload_digest(payload: object) -> str:
 def entry_hash(entry: AuditEntry) -> str:
     """SHA-256 over an entry's content and the previous entry's hash."""
     content = {
+        "sequence": entry.sequence,
         "event_id": str(entry.event_id),
         "event_type": entry.event_type,
         "actor": entry.actor,
@@ -53,8 +67,10 @@ def append_entry(envelope: Envelope) -> AuditEntry:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-    head = AuditEntry.objects.order_by("-pk").values_list("hash", flat=True).first()
+    head = AuditEntry.objects.order_by("-sequence").values_list("hash", "sequence").first()
+    prev_hash, sequence = head or (GENESIS_HASH, 0)
     entry = AuditEntry(
+        sequence=sequence + 1,
         event_id=envelope.id,
         event_type=envelope.type,
         actor=envelope.actor,
@@ -62,7 +78,7 @@ def append_entry(envelope: Envelope) -> AuditEntry:
         payload_digest=payload_digest(dict(envelope.payload)),
         occurred_at=envelope.occurred_at,
         recorded_at=timezone.now(),
-        prev_hash=head or GENESIS_HASH,
+        prev_hash=prev_hash,
     )
     entry.hash = entry_hash(entry)
     entry.save()
@@ -71,45 +87,111 @@ def append_entry(envelope: Envelope) -> AuditEntry:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """``checked`` entries were verified; ``broken`` is the first bad one, with why."""
+    """``checked`` entries were verified, ending at ``head``; ``reason`` is the first problem.
+
+    ``broken`` is the first entry that does not fit, when the problem is one entry's.
+    """
 
     checked: int
     broken: AuditEntry | None = None
     reason: str = ""
+    head: str = GENESIS_HASH
+
+    @property
+    def intact(self) -> bool:
+        """Whether no problem was found."""
+        return not self.reason
 
 
 def verify_chain(
-    chunk_size: int = 2000, on_progress: ProgressCallback | None = None
+    chunk_size: int = 2000,
+    on_progress: ProgressCallback | None = None,
+    *,
+    expect_head: str | None = None,
+    expect_count: int | None = None,
 ) -> ChainReport:
-    """Walk the chain in order and report the first entry that does not fit.
+    """Walk the chain in order and report the first problem.
+
+    Each entry must carry the next sequence number, point at the previous entry's hash
+    and match its own. Then every event the ledger says the audit consumer finished must
+    have its entry (catches entries removed from the end, or all of them). Then the
+    anchors kept elsewhere: at least ``expect_count`` entries, and ``expect_head`` an
+    entry's hash (entry ``expect_count`` when both are given).
 
     Reads ``chunk_size`` entries at a time, so memory stays flat however long the log
     is; ``on_progress`` receives the number of entries checked after each chunk.
     """
     previous = GENESIS_HASH
     checked = 0
+    anchored_at: int | None = None
     for entry in _entries_in_order(chunk_size):
+        if entry.sequence != checked + 1:
+            return ChainReport(
+                checked,
+                entry,
+                f"sequence is {entry.sequence}, expected {checked + 1} "
+                "(entries before it are missing)",
+                previous,
+            )
         if entry.prev_hash != previous:
-            return ChainReport(checked, entry, "prev_hash does not match the previous entry")
+            return ChainReport(
+                checked, entry, "prev_hash does not match the previous entry", previous
+            )
         if entry_hash(entry) != entry.hash:
-            return ChainReport(checked, entry, "content does not match its hash")
+            return ChainReport(checked, entry, "content does not match its hash", previous)
         previous = entry.hash
         checked += 1
+        if entry.hash == expect_head:
+            anchored_at = entry.sequence
         if on_progress is not None and checked % chunk_size == 0:
             on_progress(checked)
     if on_progress is not None:
         on_progress(checked)
-    return ChainReport(checked)
+    problem = _unrecorded_event(checked) or _anchor_problem(
+        checked, anchored_at, expect_head=expect_head, expect_count=expect_count
+    )
+    return ChainReport(checked, None, problem, previous)
+
+
+def _unrecorded_event(checked: int) -> str:
+    """The first event the ledger says audit finished but which has no entry, said plainly."""
+    missing = (
+        Delivery.objects.filter(consumer=AUDIT_CONSUMER, state=Delivery.State.DONE)
+        .exclude(event_id__in=AuditEntry.objects.values("event_id"))
+        .select_related("event")
+        .order_by("event__recorded_at", "pk")
+        .first()
+    )
+    if missing is None:
+        return ""
+    return (
+        f"event {missing.event_id} ({missing.event.type}) is done for the audit consumer "
+        f"but has no audit entry: entries were removed ({checked} entries remain)"
+    )
+
+
+def _anchor_problem(
+    checked: int, anchored_at: int | None, *, expect_head: str | None, expect_count: int | None
+) -> str:
+    if expect_count is not None and checked < expect_count:
+        return f"{checked} entries, expected at least {expect_count}: entries were removed"
+    if expect_head is None:
+        return ""
+    if anchored_at is None:
+        return f"expected head {expect_head} is not in the chain: entries were removed or rewritten"
+    if expect_count is not None and anchored_at != expect_count:
+        return f"expected head {expect_head} is entry {anchored_at}, expected entry {expect_count}"
+    return ""
 
 
 def _entries_in_order(chunk_size: int) -> Iterator[AuditEntry]:
-    last_pk = 0
+    last = 0
     while True:
-        chunk = list(AuditEntry.objects.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        chunk = list(AuditEntry.objects.filter(sequence__gt=last).order_by("sequence")[:chunk_size])
         if not chunk:
             return
         yield from chunk
-        last_pk = chunk[-1].pk
+        last = chunk[-1].sequence
 
 
 def _canonical(value: object) -> str:

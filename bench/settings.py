@@ -1,5 +1,12 @@
 """Production settings plus the bench app (which changes nothing unless asked)."""
 
+import os
+import secrets
+
+# Debug is off, as in production, so the base settings refuse to load without a secret
+# key of this run's own; a benchmark signs nothing worth keeping.
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + secrets.token_urlsafe(50))
+
 from config.settings.base import *  # noqa: F403
 from config.settings.base import INSTALLED_APPS
 

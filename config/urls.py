@@ -1,6 +1,7 @@
 """URL routes. Each app owns its views; this only mounts them."""
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from events.views import health
@@ -8,8 +9,21 @@ from events.views import health
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
-    # Sign in and out (logout is a POST), password change: Django's own views.
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Sign in and out (logout is a POST), password change: Django's own views. No password
+    # reset: it would mail a link to any address on file, unthrottled, and a forgotten
+    # password is reset by an admin (`manage.py changepassword NAME`).
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password_change/",
+        auth_views.PasswordChangeView.as_view(),
+        name="password_change",
+    ),
+    path(
+        "accounts/password_change/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("search/", include("indexing.urls")),
     path("api/", include("uploads.api_urls")),
     path("webhooks/", include("webhooks.urls")),

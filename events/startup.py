@@ -4,7 +4,7 @@ Connected on import; ``config/celery.py`` imports this module:
 
 - a worker refuses to start on a configuration that would duplicate or lose work (the
   rules are ``events.checks``);
-- Flower refuses to start without basic auth unless ``DJANGO_DEBUG`` is on.
+- Flower refuses to start without basic auth.
 """
 
 from __future__ import annotations
@@ -57,14 +57,18 @@ def refuse_unsafe_configuration(sender: Any = None, **kwargs: Any) -> None:
 # ------------------------------------------------------------------------------
 # Flower
 # ------------------------------------------------------------------------------
-def flower_auth_problem(*, debug: bool, basic_auth: Sequence[str]) -> str | None:
-    """Why Flower must not start with these settings, or ``None`` when it may."""
+def flower_auth_problem(*, basic_auth: Sequence[str]) -> str | None:
+    """Why Flower must not start with these credentials, or ``None`` when it may.
+
+    Credentials are required whatever ``DJANGO_DEBUG`` says: a debug run is still reachable
+    by whoever can reach its port, and ``celery -A config flower`` binds every interface.
+    """
     valid = [entry for entry in basic_auth if _is_user_password(entry)]
     if len(valid) != len(basic_auth):
         return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
-    if not valid and not debug:
+    if not valid:
         return (
-            "FLOWER_BASIC_AUTH (user:password) is required when DJANGO_DEBUG is off: "
+            "FLOWER_BASIC_AUTH (user:password) is required: "
             "Flower shows every task and can revoke them and shut workers down"
         )
     return None
@@ -77,7 +81,7 @@ def _is_user_password(entry: str) -> bool:
 
 @import_modules.connect
 def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
-    """Refuse to start Flower without basic auth when ``DJANGO_DEBUG`` is off.
+    """Refuse to start Flower without basic auth.
 
     Flower has no hook of its own: it builds its options (command line,
     ``FLOWER_*`` environment, ``flowerconfig.py``) and then, creating its web app, has
@@ -92,6 +96,6 @@ def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
     from tornado.options import options
 
-    problem = flower_auth_problem(debug=settings.DEBUG, basic_auth=options.basic_auth or [])
+    problem = flower_auth_problem(basic_auth=options.basic_auth or [])
     if problem:
         raise SystemExit(f"flower refused to start: {problem}")

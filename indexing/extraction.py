@@ -1,10 +1,13 @@
 """Turning the bytes of one stored file into bounded plain text, or a reason why not.
 
 Everything here is pure (bytes in, ``Extraction`` out) except ``read_stored_file``, and
-every limit is explicit: a single huge or hostile file costs at most ``MAX_TEXT_BYTES``
-or ``MAX_PDF_BYTES`` of memory, ``MAX_TEXT_CHARS`` of index and ``PDF_TIME_BUDGET_SECONDS``
-of CPU. Input that cannot be read is indexed by name with a note, never retried: no
-retry turns a malformed PDF into a good one.
+every limit is explicit: a single huge or hostile file costs at most ``read_limit(kind)``
+bytes of memory (``MAX_TEXT_BYTES``, ``MAX_PDF_BYTES``), ``MAX_TEXT_CHARS`` of index and
+about ``TIME_BUDGET_SECONDS`` of CPU. HTML goes through libxml2 (lxml), which is linear in
+its input and caps nesting depth; the standard library's ``html.parser`` is quadratic on
+unclosed tags and raises on some malformed markup. Input that cannot be read, that an
+extractor fails on, or that passes the time budget (or the task's soft time limit) is
+indexed by name with a note, never retried: the same bytes fail the same way every time.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
 import charset_normalizer
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files.storage import default_storage
+from lxml import etree
+from lxml import html as lxml_html
 from pypdf import PdfReader
 
 logger = logging.getLogger(__name__)
@@ -33,8 +37,11 @@ MAX_TEXT_BYTES = 8 * 1024 * 1024
 # A PDF must be read whole to be parsed; larger ones are indexed by name.
 MAX_PDF_BYTES = 64 * 1024 * 1024
 MAX_PDF_PAGES = 2_000
-# Below the consumer's soft time limit, so a slow PDF ends with a note, not a retry.
-PDF_TIME_BUDGET_SECONDS = 60.0
+# Every extractor's CPU budget, well below the consumer's soft time limit (100 s), so a
+# slow file ends with a note, not a retry.
+TIME_BUDGET_SECONDS = 30.0
+# How often the budget is looked at while walking elements, JSON values or PDF pages.
+_BUDGET_CHECK_EVERY = 1000
 MAX_NOTE_CHARS = 255
 
 # Private-use characters that the search backends put around highlighted terms. They
@@ -123,18 +130,60 @@ def read_stored_file(storage_name: str, *, limit: int) -> tuple[bytes, bool]:
     return data[:limit], len(data) > limit
 
 
+class BudgetExceeded(Exception):
+    """An extractor ran past ``TIME_BUDGET_SECONDS``."""
+
+
+class Deadline:
+    """The moment an extraction must stop; ``check()`` raises ``BudgetExceeded`` after it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def passed(self) -> bool:
+        """Whether the budget is used up."""
+        return time.monotonic() > self.at
+
+    def check(self) -> None:
+        """Raise ``BudgetExceeded`` when the budget is used up."""
+        if self.passed():
+            raise BudgetExceeded(f"over the time budget of {self.seconds:g} s")
+
+
 def extract(*, data: bytes, kind: str, truncated: bool = False) -> Extraction:
-    """The text of ``data``, a file of ``kind``; ``truncated`` when only its start was read."""
+    """The text of ``data``, a file of ``kind``; ``truncated`` when only its start was read.
+
+    Never raises for anything the bytes can cause: a parser error, the time budget
+    (``TIME_BUDGET_SECONDS``) or the task's soft time limit give a name-only
+    ``Extraction`` that says why, so the delivery ends ``done`` instead of being retried.
+    """
+    deadline = Deadline(TIME_BUDGET_SECONDS)
+    try:
+        return _extract(data, kind=kind, truncated=truncated, deadline=deadline)
+    except BudgetExceeded as exc:
+        return Extraction.name_only(f"{kind.upper()} text extraction stopped: {exc}")
+    except SoftTimeLimitExceeded:
+        return Extraction.name_only("text extraction ran out of time")
+    except Exception as exc:
+        # A parser's own bug or limit on hostile input: the same bytes fail the same way
+        # on every retry, so none is worth one.
+        logger.info("%s could not be read: %s", kind, _describe(exc))
+        return Extraction.name_only(f"{kind.upper()} could not be read ({_describe(exc)})")
+
+
+def _extract(data: bytes, *, kind: str, truncated: bool, deadline: Deadline) -> Extraction:
     if kind == "pdf":
-        return _pdf_text(data, truncated=truncated)
+        return _pdf_text(data, truncated=truncated, deadline=deadline)
     text = decode_text(data, truncated=truncated)
     if text is None:
         return Extraction.name_only("content is not recognisable text")
+    deadline.check()
     note = ""
     if kind == "html":
-        text = html_to_text(text)
+        text = html_to_text(text, deadline=deadline)
     elif kind == "json":
-        text, note = _json_text(text)
+        text, note = _json_text(text, deadline=deadline)
     return _bounded(text, note=note, truncated=truncated)
 
 
@@ -172,87 +221,87 @@ def decode_text(data: bytes, *, truncated: bool = False) -> str | None:
     return str(best)
 
 
-class _HTMLText(HTMLParser):
-    """Collects the text of an HTML document, without scripts, styles or templates."""
+# Elements whose content is not visible text.
+_SKIPPED_TAGS = frozenset({"script", "style", "template", "noscript"})
+# Elements that separate words visually, so their neighbours must not run together.
+_BREAKING_TAGS = frozenset(
+    {
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "br",
+        "dd",
+        "div",
+        "dl",
+        "dt",
+        "figcaption",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "table",
+        "td",
+        "th",
+        "title",
+        "tr",
+        "ul",
+    }
+)
 
-    SKIPPED = frozenset({"script", "style", "template"})
-    # Tags that separate words visually, so their neighbours must not run together.
-    BREAKING = frozenset(
-        {
-            "address",
-            "article",
-            "aside",
-            "blockquote",
-            "br",
-            "dd",
-            "div",
-            "dl",
-            "dt",
-            "figcaption",
-            "footer",
-            "form",
-            "h1",
-            "h2",
-            "h3",
-            "h4",
-            "h5",
-            "h6",
-            "header",
-            "hr",
-            "li",
-            "main",
-            "nav",
-            "ol",
-            "p",
-            "pre",
-            "section",
-            "table",
-            "td",
-            "th",
-            "title",
-            "tr",
-            "ul",
-        }
+
+def html_to_text(html: str, *, deadline: Deadline | None = None) -> str:
+    """The visible text of ``html``: tags stripped, scripts and styles dropped, entities decoded.
+
+    libxml2 (lxml) parses in linear time, recovers from broken markup and caps nesting
+    depth; the walk is iterative and looks at ``deadline`` every thousand elements.
+    Raises ``lxml.etree.ParserError`` for a document with nothing in it.
+    """
+    if not html.strip():
+        return ""
+    parser = lxml_html.HTMLParser(
+        remove_comments=True, remove_pis=True, no_network=True, recover=True
     )
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.SKIPPED:
-            self.skip_depth += 1
-        elif tag in self.BREAKING:
-            self.parts.append("\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # <script/> opens nothing; <br/> still breaks the line.
-        if tag in self.BREAKING:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIPPED:
-            self.skip_depth = max(0, self.skip_depth - 1)
-        elif tag in self.BREAKING:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip_depth:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """The visible text of ``html``: tags stripped, scripts and styles dropped, entities decoded."""
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    text = "".join(parser.parts)
+    root = lxml_html.document_fromstring(html, parser=parser)
+    parts: list[str] = []
+    skip_depth = 0
+    for number, (event, element) in enumerate(etree.iterwalk(root, events=("start", "end"))):
+        if deadline is not None and number % _BUDGET_CHECK_EVERY == 0:
+            deadline.check()
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _SKIPPED_TAGS:
+                skip_depth += 1
+            elif tag in _BREAKING_TAGS:
+                parts.append("\n")
+            if element.text and not skip_depth:
+                parts.append(element.text)
+            continue
+        if tag in _SKIPPED_TAGS:
+            skip_depth = max(0, skip_depth - 1)
+        elif tag in _BREAKING_TAGS:
+            parts.append("\n")
+        if element.tail and not skip_depth:
+            parts.append(element.tail)
+    text = "".join(parts)
     text = re.sub(r"[ \t\r\f\v]+", " ", text)
     return re.sub(r"\s*\n\s*", "\n", text).strip()
 
 
-def _json_text(text: str) -> tuple[str, str]:
+def _json_text(text: str, *, deadline: Deadline | None = None) -> tuple[str, str]:
     """Keys and scalar values of a JSON document, one per line; raw text if it is not JSON."""
     try:
         value = json.loads(text)
@@ -260,8 +309,12 @@ def _json_text(text: str) -> tuple[str, str]:
         return text, "not valid JSON; indexed as plain text"
     parts: list[str] = []
     stack = [value]
+    steps = 0
     # Iterative, so a deeply nested document cannot exhaust the stack.
     while stack:
+        steps += 1
+        if deadline is not None and steps % _BUDGET_CHECK_EVERY == 0:
+            deadline.check()
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in reversed(item.items()):
@@ -276,10 +329,9 @@ def _json_text(text: str) -> tuple[str, str]:
     return "\n".join(parts), ""
 
 
-def _pdf_text(data: bytes, *, truncated: bool) -> Extraction:
+def _pdf_text(data: bytes, *, truncated: bool, deadline: Deadline) -> Extraction:
     if truncated:
         return Extraction.name_only(f"PDF is larger than {MAX_PDF_BYTES} bytes")
-    deadline = time.monotonic() + PDF_TIME_BUDGET_SECONDS
     parts: list[str] = []
     length = 0
     notes: list[str] = []
@@ -291,7 +343,7 @@ def _pdf_text(data: bytes, *, truncated: bool) -> Extraction:
             if number > MAX_PDF_PAGES:
                 notes.append(f"only the first {MAX_PDF_PAGES} pages read")
                 break
-            if time.monotonic() > deadline:
+            if deadline.passed():
                 notes.append(f"stopped after {number - 1} pages (time budget)")
                 break
             try:

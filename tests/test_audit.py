@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.test import Client
 from django.urls import reverse
@@ -18,7 +18,10 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from audit.services import GENESIS_HASH, append_entry, entry_hash, payload_digest, verify_chain
+from events.models import Delivery, Event
 from events.schemas import Envelope
+from events.services import run_delivery
+from tests.factories import upload_text
 from tests.services import FakeTerminal, run_manage
 
 pytestmark = pytest.mark.django_db
@@ -124,7 +127,8 @@ def test_verify_audit_prints_how_many_entries_it_checked():
 
     call_command("verify_audit", stdout=out)
 
-    assert out.getvalue().strip() == "audit chain intact: 3 entries checked"
+    head = AuditEntry.objects.get(sequence=3).hash
+    assert out.getvalue().strip() == f"audit chain intact: 3 entries checked, head {head}"
 
 
 def test_verify_audit_draws_a_progress_bar_on_a_terminal_only():
@@ -146,7 +150,7 @@ def test_verify_audit_exits_0_when_intact_and_1_naming_a_row_tampered_with_in_sq
     entries = chain(3)
     intact = run_manage("verify_audit")
     assert intact.returncode == 0
-    assert intact.stdout.strip() == "audit chain intact: 3 entries checked"
+    assert intact.stdout.startswith("audit chain intact: 3 entries checked, head ")
 
     middle = entries[1]
     with connection.cursor() as cursor:
@@ -169,7 +173,7 @@ def test_verify_audit_reports_a_middle_row_deleted_in_sql():
 
     assert result.returncode == 1
     assert f"audit chain broken at entry {last.pk}" in result.stderr
-    assert "prev_hash does not match the previous entry" in result.stderr
+    assert "sequence is 3, expected 2 (entries before it are missing)" in result.stderr
 
 
 def test_a_rewritten_hash_is_caught_by_the_next_entry():
@@ -189,6 +193,116 @@ def test_a_rewritten_hash_is_caught_by_the_next_entry():
     assert report.broken is not None and report.broken.pk == last.pk
     assert report.reason == "prev_hash does not match the previous entry"
     assert report.checked == 2
+
+
+# ------------------------------------------------------------------------------
+# Truncation: sequence numbers, the ledger cross-check, anchors kept elsewhere
+# ------------------------------------------------------------------------------
+def audited_uploads(user: User, count: int) -> list[AuditEntry]:
+    """``count`` uploads whose audit deliveries ran in this process, as a worker's would."""
+    for n in range(count):
+        upload = upload_text(user, name=f"{n}.txt")
+        event = Event.objects.get(type="file.uploaded", aggregate_id=str(upload.pk))
+        delivery = Delivery.objects.get(event=event, consumer="audit")
+        outcome = run_delivery(
+            delivery_id=delivery.pk, consumer_name="audit", event_type=event.type
+        )
+        assert outcome.outcome == "done"
+    return list(AuditEntry.objects.order_by("sequence"))
+
+
+def delete_entries(*entries: AuditEntry) -> None:
+    with connection.cursor() as cursor:
+        for entry in entries:
+            cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [entry.pk])
+
+
+def verify(*args: str) -> tuple[int, str]:
+    """``verify_audit`` in this process: its exit status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("verify_audit", *args, stdout=out, stderr=err)
+    except CommandError as exc:
+        return exc.returncode, str(exc)
+    return 0, out.getvalue()
+
+
+def test_entries_are_numbered_and_the_number_is_hashed():
+    entries = chain(3)
+    assert [entry.sequence for entry in entries] == [1, 2, 3]
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audit_auditentry SET sequence = 7 WHERE id = %s", [entries[2].pk])
+
+    report = verify_chain()
+    assert report.broken is not None and report.broken.pk == entries[2].pk
+
+
+def test_deleting_the_newest_entries_is_detected_through_the_ledger(user):
+    entries = audited_uploads(user, 3)
+    assert verify()[0] == 0
+
+    delete_entries(entries[2])
+
+    status, said = verify()
+    assert status == 1
+    assert f"event {entries[2].event_id}" in said and "has no audit entry" in said
+
+
+def test_deleting_every_entry_is_detected_through_the_ledger(user):
+    entries = audited_uploads(user, 2)
+
+    delete_entries(*entries)
+
+    status, said = verify()
+    assert status == 1
+    assert "has no audit entry" in said
+
+
+def test_an_anchored_head_and_count_pass_while_the_log_grows():
+    entries = chain(3)
+    head = entries[-1].hash
+    chain(2)
+
+    assert verify("--expect-head", head, "--expect-count", "3")[0] == 0
+    assert verify("--expect-count", "5")[0] == 0
+
+
+def test_an_anchored_head_that_is_gone_is_reported(user):
+    entries = chain(3)
+    head = entries[-1].hash
+
+    delete_entries(entries[-1])
+
+    status, said = verify("--expect-head", head)
+    assert status == 1
+    assert f"expected head {head} is not in the chain" in said
+
+
+def test_fewer_entries_than_anchored_is_reported():
+    entries = chain(3)
+
+    delete_entries(*entries)
+
+    status, said = verify("--expect-count", "3")
+    assert status == 1
+    assert "0 entries, expected at least 3" in said
+
+
+def test_a_head_anchored_at_a_count_must_be_that_entry():
+    entries = chain(3)
+
+    status, said = verify("--expect-head", entries[1].hash, "--expect-count", "3")
+
+    assert status == 1
+    assert "is entry 2, expected entry 3" in said
+
+
+def test_verify_audit_refuses_a_malformed_head():
+    status, said = verify("--expect-head", "not-a-hash")
+
+    assert status != 0
+    assert "64 hexadecimal" in said
 
 
 # ------------------------------------------------------------------------------

@@ -173,11 +173,12 @@ def test_flower_lists_each_consumers_task_with_ids_only(flower, user):
         assert user.username not in text
 
 
-def test_flower_will_not_start_without_basic_auth_when_debug_is_off(redis_server):
+@pytest.mark.parametrize("debug", ["false", "true"])
+def test_flower_will_not_start_without_basic_auth_debug_or_not(redis_server, debug):
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "config", "flower", f"--port={free_port()}"],
         cwd=ROOT,
-        env=_flower_env(redis_server.url, DJANGO_DEBUG="false"),
+        env=_flower_env(redis_server.url, DJANGO_DEBUG=debug),
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,6 +6,7 @@ import mimetypes
 from pathlib import Path
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -159,6 +160,56 @@ def test_control_characters_and_highlight_marks_are_removed_from_text():
     data = f"a\x00b\x07c {extraction.HIGHLIGHT_START}forged{extraction.HIGHLIGHT_END}".encode()
 
     assert extraction.extract(data=data, kind="text").text == "abc forged"
+
+
+def test_html_block_elements_separate_words_and_entities_are_decoded():
+    html = b"<div>heron</div><div>egret</div><p>a&nbsp;b &lt;c&gt;</p>tail<br>next"
+
+    text = extraction.extract(data=html, kind="html").text
+
+    assert text.split("\n") == ["heron", "egret", "a\xa0b <c>", "tail", "next"]
+
+
+def test_html_the_standard_library_parser_chokes_on_is_indexed_without_raising():
+    # html.parser raises AssertionError on this; any parser error is the file's, not ours
+    extracted = extraction.extract(data=b"<![" * 1000, kind="html")
+
+    assert extracted.text == ""
+
+
+def test_html_over_the_time_budget_is_indexed_by_name_and_says_so(monkeypatch):
+    monkeypatch.setattr(extraction, "TIME_BUDGET_SECONDS", 0.0)
+
+    extracted = extraction.extract(data=b"<p>word</p>" * 5000, kind="html")
+
+    assert extracted.text == ""
+    assert "time budget" in extracted.note and extracted.note.endswith("indexed by name")
+
+
+@pytest.mark.parametrize("kind", ["html", "json", "text"])
+def test_an_extractor_that_raises_is_indexed_by_name_never_retried(monkeypatch, kind):
+    def broken(*args, **kwargs):
+        raise AssertionError("parser bug")
+
+    monkeypatch.setattr(extraction, "html_to_text", broken)
+    monkeypatch.setattr(extraction, "_json_text", broken)
+    monkeypatch.setattr(extraction, "_bounded", broken)
+
+    extracted = extraction.extract(data=b"<p>{}</p>", kind=kind)
+
+    assert extracted.text == ""
+    assert "could not be read (AssertionError: parser bug)" in extracted.note
+
+
+def test_an_extractor_stopped_by_the_soft_time_limit_is_indexed_by_name(monkeypatch):
+    def slow(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(extraction, "html_to_text", slow)
+
+    extracted = extraction.extract(data=b"<p>words</p>", kind="html")
+
+    assert extracted == Extraction.name_only("text extraction ran out of time")
 
 
 def test_stored_file_that_is_gone_is_indexed_by_name():
@@ -323,3 +374,29 @@ def test_encrypted_pdf_does_not_hold_up_any_consumer(live_worker, user):
         upload_consumers(), "done"
     )
     assert IndexEntry.objects.get(upload_id=upload.pk).note == "PDF is encrypted; indexed by name"
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        # quadratic in html.parser: 1 MB passed the 100 s soft time limit, a retry each time
+        "<a" * 500_000,
+        # html.parser raised AssertionError, retried as if transient
+        "<![" * 1000,
+    ],
+    ids=["unclosed-tags", "marked-sections"],
+)
+def test_hostile_html_is_indexed_at_the_first_attempt(live_worker, user, hostile):
+    upload = upload_text(user, hostile, name="hostile.html")
+
+    event = event_of(upload.pk, "file.uploaded")
+    # well within one soft time limit (100 s) of the indexing task
+    states = wait_for(lambda: settled(event), timeout=60, what="deliveries")
+
+    assert states["indexing"] == "done"
+    delivery = Delivery.objects.get(event=event, consumer="indexing")
+    assert delivery.attempts == 1
+    entry = IndexEntry.objects.get(upload_id=upload.pk)
+    assert entry.name == "hostile.html" and not entry.deleted

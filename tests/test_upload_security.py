@@ -18,9 +18,9 @@ from django.core.handlers.wsgi import LimitedStream
 from django.test import Client, RequestFactory
 
 from uploads.exceptions import UploadRejected
+from uploads.files import clean_filename, sniff_content_type
 from uploads.intake import files_from_request
 from uploads.models import Upload
-from uploads.services import clean_filename, sniff_content_type
 
 pytestmark = pytest.mark.django_db
 

@@ -178,12 +178,22 @@ def test_states_endpoint_omits_an_id_larger_than_any_row_can_have(signed_in, use
     assert list(response.json()) == [str(mine.pk)]
 
 
-@pytest.mark.parametrize("ids", ["1,x", "-1", ",".join(str(n) for n in range(1, 102))])
+@pytest.mark.parametrize(
+    "ids", ["1,x", "-1", ",".join(str(n) for n in range(1, 102)), "9" * 5000, f"1,{'9' * 5000}"]
+)
 def test_states_endpoint_refuses_malformed_ids(signed_in, ids):
     response = signed_in.get("/uploads/states/", {"ids": ids})
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_ids"
+
+
+def test_list_page_with_a_huge_page_number_is_not_a_500(signed_in, user):
+    upload_text(user)
+
+    response = signed_in.get("/", {"page": "9" * 5000})
+
+    assert response.status_code == 200
 
 
 def test_states_endpoint_is_get_only(signed_in):
@@ -336,10 +346,13 @@ def test_upload_form_is_csrf_protected(user):
 # ------------------------------------------------------------------------------
 # Detail, download
 # ------------------------------------------------------------------------------
-def test_detail_shows_facts_states_and_the_last_error(signed_in, user):
+RAW_ERROR = "OSError: [Errno 13] /srv/media/uploads/ab12 redis://:hunter2@10.0.0.5 <read>"
+
+
+def test_detail_shows_facts_states_and_a_short_safe_reason_to_the_owner(signed_in, user):
     upload = upload_text(user, name="report.txt")
     Delivery.objects.filter(event__aggregate_id=str(upload.pk), consumer="indexing").update(
-        state="dead", attempts=2, last_error="could not <read> the file"
+        state="dead", attempts=2, last_error=RAW_ERROR
     )
 
     response = signed_in.get(f"/uploads/{upload.pk}/")
@@ -348,9 +361,24 @@ def test_detail_shows_facts_states_and_the_last_error(signed_in, user):
     html = response.content.decode()
     assert "<h1" in html and "report.txt" in html and upload.sha256 in html
     assert ("badge badge-failed", "indexing", "failed") in badges(html)
-    assert "could not &lt;read&gt; the file" in html
+    assert "hunter2" not in html and "/srv/media" not in html and "Errno" not in html
+    assert "could not be processed" in html
     assert f'href="/uploads/{upload.pk}/download/"' in html
     assert f'action="/uploads/{upload.pk}/delete/"' in html and "data-confirm=" in html
+
+
+def test_staff_owner_sees_the_full_error_text(client, user):
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    upload = upload_text(user, name="report.txt")
+    Delivery.objects.filter(event__aggregate_id=str(upload.pk), consumer="indexing").update(
+        state="retrying", attempts=1, last_error="could not <read> the file"
+    )
+
+    html = client.get(f"/uploads/{upload.pk}/").content.decode()
+
+    assert "could not &lt;read&gt; the file" in html
 
 
 def test_download_is_my_file_as_an_attachment(signed_in, user):

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import CharField, Exists, OuterRef, QuerySet
 from django.db.models.functions import Cast
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from events.models import Delivery
 from events.selectors import latest_deliveries_for_aggregates
 from uploads.events import FILE_DELETED, FILE_UPLOADED
+from uploads.exceptions import UploadGone
 from uploads.models import ApiToken, Upload
 from uploads.services import delete_upload
 from uploads.tokens import issue_key, revoke_api_token
@@ -159,20 +166,29 @@ class UploadAdmin(admin.ModelAdmin):
         return format_html('<a href="{}?{}">events about this upload</a>', url, query)
 
     def delete_model(self, request: HttpRequest, obj: Upload) -> None:
-        delete_upload(obj, actor=request.user)
+        self._delete(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
         # The bulk "delete selected" action lands here: one delete_upload per upload,
         # so each one publishes its own file.deleted.
         for upload in queryset.select_related("owner"):
+            self._delete(request, upload)
+
+    def _delete(self, request: HttpRequest, upload: Upload) -> None:
+        try:
             delete_upload(upload, actor=request.user)
+        except UploadGone as exc:
+            # Another admin (or the owner) was first; nothing more is recorded.
+            self.message_user(request, f"{exc}; nothing was recorded again.", messages.WARNING)
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """API tokens. The raw key is shown once, in a message, when a token is added here.
+    """API tokens. The raw key is shown once, in the response to adding a token here.
 
-    Only ``key_prefix`` is ever displayed; the hash is not a field of any form or page.
+    Only ``key_prefix`` is ever displayed afterwards; the hash is not a field of any form
+    or page. A superuser may make a token for anyone; other staff only for themselves
+    (a token acts as its user, so minting one for someone else would be acting as them).
     """
 
     list_display = ("key_prefix", "name", "user", "created_at", "last_used_at", "revoked_at")
@@ -195,21 +211,40 @@ class ApiTokenAdmin(admin.ModelAdmin):
             return ()
         return ("user", *self.readonly_fields)
 
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def save_model(self, request: HttpRequest, obj: ApiToken, form: object, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        raw = issue_key(obj)
+        # The form offers only the staff member's own account; this is the rule itself.
+        if not request.user.is_superuser and obj.user_id != request.user.pk:
+            raise PermissionDenied("only a superuser may make a token for another user")
+        obj._raw_key = issue_key(obj)
         super().save_model(request, obj, form, change)
-        messages.warning(
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        # The key goes in this response only, never through the messages framework: its
+        # cookie is signed, not encrypted, and outlives the page.
+        response = TemplateResponse(
             request,
-            format_html(
-                "The new API token for {} is <code>{}</code>. Copy it now: only its hash is "
-                "stored, so it cannot be shown again.",
-                obj.user,
-                raw,
-            ),
+            "admin/uploads/apitoken/created.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": "API token created",
+                "token": obj,
+                "raw_key": getattr(obj, "_raw_key", ""),
+            },
         )
+        add_never_cache_headers(response)
+        response["Referrer-Policy"] = "no-referrer"
+        return response
 
     @admin.action(description="Revoke selected API tokens")
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:

@@ -8,12 +8,13 @@ that stays stable when the message is reworded:
 
 =====  ========================================================================
 400    ``missing`` (no ``file`` field), ``empty``, ``too_many_files``,
-       ``invalid_page``, ``invalid_page_size`` (not a positive integer)
+       ``invalid_page``, ``invalid_page_size`` (not a positive integer),
+       ``bad_request`` (a body Django refuses to parse: too many fields, malformed)
 401    ``not_authenticated`` (no credentials), ``invalid_token``
 403    ``csrf_failed`` (session requests only)
 404    ``not_found`` (also another user's upload), ``page_not_found`` (past the end)
 405    ``method_not_allowed`` (with ``Allow``)
-413    ``too_large``
+413    ``too_large`` (a file, or a form body over Django's limit)
 415    ``type_not_allowed``
 =====  ========================================================================
 """
@@ -24,15 +25,22 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import (
+    BadRequest,
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFilesSent,
+)
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from uploads.exceptions import UploadRejected
-from uploads.http import attachment_response, json_error
+from uploads.exceptions import UploadGone, UploadRejected
+from uploads.http import attachment_response, json_error, positive_int_or_none
 from uploads.intake import files_from_request
 from uploads.selectors import delivery_states, get_owned_upload, upload_as_json, uploads_for_owner
 from uploads.services import create_upload, delete_upload
@@ -127,10 +135,20 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return json_error(exc.status, exc.code, exc.message, exc.headers)
             except UploadRejected as exc:
                 return json_error(exc.http_status, exc.code, exc.message)
-            except Http404:
+            except (Http404, UploadGone):
                 return json_error(404, "not_found", "no such upload")
             except PermissionDenied:
                 return json_error(403, "permission_denied", "you may not do that")
+            except RequestDataTooBig:
+                return json_error(
+                    413, "too_large", "the request body is over the server's limit for forms"
+                )
+            except TooManyFilesSent:
+                return json_error(400, "too_many_files", "send one file per request")
+            except (SuspiciousOperation, BadRequest, MultiPartParserError):
+                # Django's other refusals to parse a body (too many fields, a malformed
+                # multipart body) would answer its HTML 400 page.
+                return json_error(400, "bad_request", "the request body could not be parsed")
 
         return wrapper
 
@@ -141,9 +159,11 @@ def _positive_int(request: HttpRequest, name: str, default: int, code: str) -> i
     raw = request.GET.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdecimal() or int(raw) < 1:
-        raise ApiError(400, code, f"{name} must be a positive integer, not {raw!r}")
-    return int(raw)
+    number = positive_int_or_none(raw)
+    if number is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise ApiError(400, code, f"{name} must be a positive integer, not {shown!r}")
+    return number
 
 
 def _page_url(request: HttpRequest, page: int) -> str:

@@ -24,3 +24,14 @@ class UploadRejected(ValueError):
 
 
 _HTTP_STATUS = {"missing": 400, "empty": 400, "too_large": 413, "type_not_allowed": 415}
+
+
+class UploadGone(LookupError):
+    """The upload was deleted already (a double click, a retry, a stale object).
+
+    ``delete_upload`` raises it and records nothing; pages and the API answer 404.
+    """
+
+    def __init__(self, upload_id: int) -> None:
+        super().__init__(f"upload {upload_id} was already deleted")
+        self.upload_id = upload_id

@@ -10,8 +10,8 @@ from urllib.parse import quote
 
 from django.http import FileResponse, JsonResponse
 
+from uploads.files import OCTET_STREAM
 from uploads.models import Upload
-from uploads.services import OCTET_STREAM
 
 # Types a browser may render or run: served as opaque bytes, whatever the file is. Not
 # text/plain: an attachment is saved, never shown, and octet-stream is the type no
@@ -48,6 +48,19 @@ def json_error(
     return JsonResponse(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
+
+
+# Far more digits than any id or page number has, far fewer than int()'s limit (4300),
+# past which int() raises instead of answering.
+MAX_NUMBER_DIGITS = 30
+
+
+def positive_int_or_none(raw: str) -> int | None:
+    """``raw`` as an integer of at least 1, or ``None`` when it is not one (or absurdly long)."""
+    if not raw or len(raw) > MAX_NUMBER_DIGITS or not raw.isascii() or not raw.isdecimal():
+        return None
+    number = int(raw)
+    return number if number >= 1 else None
 
 
 def served_content_type(content_type: str) -> str:

@@ -17,8 +17,10 @@ def random_storage_name(instance: Upload, filename: str) -> str:
 class Upload(models.Model):
     """A file a user uploaded."""
 
+    # PROTECT: a cascade would skip delete_upload (stored file, index, file.deleted, mail,
+    # audit). A user's uploads are deleted first, each through delete_upload.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="uploads"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads"
     )
     file = models.FileField(upload_to=random_storage_name, max_length=255)
     original_name = models.CharField(max_length=255)

@@ -27,6 +27,12 @@ STATE_LABELS = {
 USER_STATES = ("done", "pending", "retrying", "failed")
 # States after which nothing changes unless an operator replays.
 SETTLED_STATES = frozenset({"done", "failed"})
+# What an owner is told about an error. The ledger's last_error is raw exception text
+# (paths, hosts, sometimes a URL with credentials): staff only.
+OWNER_REASONS = {
+    "failed": "could not be processed; an operator can look at it and retry",
+    "retrying": "a temporary problem; it is retried automatically",
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,15 @@ class ConsumerState:
     def settled(self) -> bool:
         """Whether the state is final (``done`` or ``failed``)."""
         return self.state in SETTLED_STATES
+
+    @property
+    def owner_reason(self) -> str:
+        """A short reason safe to show the owner, or ``""`` when there is nothing to say.
+
+        Never the raw ``last_error``: that is for staff (exception text can name paths,
+        hosts or credentials).
+        """
+        return OWNER_REASONS.get(self.state, "") if self.last_error else ""
 
 
 def uploads_for_owner(owner: AbstractBaseUser) -> QuerySet[Upload]:

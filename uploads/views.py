@@ -9,13 +9,13 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_safe
 
-from uploads.exceptions import UploadRejected
-from uploads.http import attachment_response, json_error
+from uploads.exceptions import UploadGone, UploadRejected
+from uploads.http import attachment_response, json_error, positive_int_or_none
 from uploads.intake import files_from_request
 from uploads.models import Upload
 from uploads.selectors import delivery_states, get_owned_upload, uploads_for_owner
@@ -111,7 +111,10 @@ def new(request: HttpRequest) -> HttpResponse:
 @require_safe
 @login_required
 def detail(request: HttpRequest, upload_id: int) -> HttpResponse:
-    """``/uploads/<id>/``: details, each consumer's state and last error, download, delete."""
+    """``/uploads/<id>/``: details, each consumer's state, download, delete.
+
+    Owners see a short reason when a consumer failed or retries; staff see the raw error.
+    """
     upload = get_owned_upload(request.user, upload_id)
     states = delivery_states([upload])
     return render(
@@ -121,6 +124,7 @@ def detail(request: HttpRequest, upload_id: int) -> HttpResponse:
             "upload": upload,
             "states": states[upload.pk],
             "polling": _any_unsettled(states),
+            "show_raw_errors": request.user.is_staff,
         },
     )
 
@@ -140,7 +144,11 @@ def delete(request: HttpRequest, upload_id: int) -> HttpResponse:
     if request.method != "POST":
         return render(request, "uploads/confirm_delete.html", {"upload": upload})
     name = upload.original_name
-    delete_upload(upload, actor=request.user, correlation_id=request.correlation_id)
+    try:
+        delete_upload(upload, actor=request.user, correlation_id=request.correlation_id)
+    except UploadGone:
+        # Deleted by another request between the read above and here.
+        raise Http404("no such upload") from None
     messages.success(request, f"Deleted “{name}”.")
     return redirect("uploads:index")
 
@@ -155,11 +163,12 @@ def states(request: HttpRequest) -> JsonResponse:
     if not request.user.is_authenticated:
         return json_error(401, "not_authenticated", "sign in again")
     raw = [part for part in request.GET.get("ids", "").split(",") if part.strip()]
-    if len(raw) > MAX_STATE_IDS or not all(part.strip().isdecimal() for part in raw):
+    numbers = [positive_int_or_none(part.strip()) for part in raw[: MAX_STATE_IDS + 1]]
+    if len(raw) > MAX_STATE_IDS or None in numbers:
         return json_error(
             400, "invalid_ids", f"ids must be up to {MAX_STATE_IDS} comma-separated numbers"
         )
-    ids = {n for n in map(int, raw) if n <= MAX_UPLOAD_ID}
+    ids = {n for n in numbers if n is not None and n <= MAX_UPLOAD_ID}
     uploads = uploads_for_owner(request.user).filter(pk__in=ids) if ids else []
     result = delivery_states(uploads)
     return JsonResponse(

@@ -20,11 +20,23 @@ if (BASE_DIR / ".env").is_file():
 # ------------------------------------------------------------------------------
 # Core
 # ------------------------------------------------------------------------------
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env(
-    "DJANGO_SECRET_KEY",
-    default="django-insecure-local-development-key-change-me-in-production",
-)
+# Off unless asked for: debug pages show settings (broker and mail passwords included)
+# and every URL pattern. bin/start turns it on for its loopback-only run.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# Public (it is in this file): good enough for a loopback debug run, never for anything else.
+DEVELOPMENT_SECRET_KEY = "django-insecure-local-development-key-change-me-in-production"
+# Keys anyone can read: this file's and .env.example's placeholder.
+PUBLIC_SECRET_KEYS = frozenset({"", DEVELOPMENT_SECRET_KEY, "change-me-to-a-long-random-string"})
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="") or (DEVELOPMENT_SECRET_KEY if DEBUG else "")
+if not DEBUG and SECRET_KEY in PUBLIC_SECRET_KEYS:
+    # Here, not in a system check: web, workers, beat, Flower and every command import
+    # these settings, and checks do not run for all of them. SystemExit with a message
+    # prints that one line and exits 1, with no traceback to read past.
+    raise SystemExit(
+        "refusing to start: DJANGO_SECRET_KEY is unset or a public placeholder while "
+        "DJANGO_DEBUG is off; set DJANGO_SECRET_KEY to a long random value, e.g. "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -34,6 +46,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Sign-in lock-out (see "Sign in and out" below).
+    "axes",
     "events",
     "uploads",
     "notifications",
@@ -54,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers for a locked-out sign-in.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -84,11 +100,35 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 # ------------------------------------------------------------------------------
-# Sign in and out (django.contrib.auth.urls under /accounts/)
+# Sign in and out (login, logout, password change under /accounts/; no password reset:
+# see config/urls.py)
 # ------------------------------------------------------------------------------
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+# https://docs.djangoproject.com/en/5.2/topics/auth/passwords/#enabling-password-validation
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# django-axes counts failed sign-ins (site and admin alike) and locks out a username, and
+# separately an address, after AXES_FAILURE_LIMIT of them, for AXES_COOLOFF_TIME hours.
+# Unlock: delete the attempts in admin (Axes > Access attempts), or
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`.
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The client address is REMOTE_ADDR. Behind a proxy every client shares the proxy's
+# address; set AXES_IPWARE_PROXY_COUNT (and install django-axes[ipware]) there.
 
 # ------------------------------------------------------------------------------
 # HTTPS and browser protections. Safe defaults follow DEBUG: on when it is off, so
@@ -312,6 +352,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # django-axes announces itself at every process start; its lock-outs still log.
+        "axes.apps": {"level": "WARNING"},
     },
 }
 

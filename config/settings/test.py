@@ -6,7 +6,12 @@ must be a file (SQLite) or a server (PostgreSQL) those processes can open too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The base settings refuse to load without a real secret key when debug is off (as it is
+# in tests); a test run has its own, set before they load. Never used outside tests.
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-settings-only-" + "x" * 50)
 
 from config.settings.base import *  # noqa: F403
 from config.settings.base import BASE_DIR, DATABASES, INSTALLED_APPS, env
@@ -52,3 +57,10 @@ EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True
 # A slow receiver times out in a test without a ten-second wait.
 WEBHOOKS_READ_TIMEOUT_SECONDS = 1.5
+
+# Debug is off in tests as in production, which turns the HTTPS defaults on; the test
+# client speaks plain HTTP. tests/test_deploy_check.py covers the production values.
+SECURE_SSL_REDIRECT = False
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
