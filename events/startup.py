@@ -93,7 +93,6 @@ def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
     context = click.get_current_context(silent=True)
     if context is None or context.command.name != "flower":
         return
-    from django.conf import settings
     from tornado.options import options
 
     problem = flower_auth_problem(basic_auth=options.basic_auth or [])
