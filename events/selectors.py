@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Min, Q
@@ -11,38 +13,77 @@ from django.utils import timezone
 from events.models import Delivery, Event
 from events.registry import all_consumers
 
+# A delivery in any other state still waits for its consumer.
+FINISHED_STATES = (Delivery.State.DONE, Delivery.State.DEAD)
+
+
+def delivery_state_names() -> list[str]:
+    """Every delivery state, ``done`` first, then the model's order (a new state appears by itself)."""
+    return [Delivery.State.DONE, *(s for s in Delivery.State.values if s != Delivery.State.DONE)]
+
+
+def waiting_state_names() -> list[str]:
+    """The states of a delivery its consumer has not finished with (neither done nor dead)."""
+    return [state for state in Delivery.State.values if state not in FINISHED_STATES]
+
+
+@dataclass(frozen=True)
+class ConsumerLedger:
+    """One consumer's ledger figures: deliveries per state and its oldest waiting one."""
+
+    counts: dict[str, int]
+    oldest_waiting_at: dt.datetime | None
+
+    def oldest_waiting_seconds(self, now: dt.datetime) -> float | None:
+        """Age of the oldest delivery still waiting, or ``None`` when nothing waits."""
+        if self.oldest_waiting_at is None:
+            return None
+        return round(max((now - self.oldest_waiting_at).total_seconds(), 0.0), 3)
+
+
+def ledger_by_consumer() -> dict[str, ConsumerLedger]:
+    """Consumer → its ``ConsumerLedger``, from one aggregate query over the ledger.
+
+    Registered consumers come first, in registry order, with zeros when they have no
+    delivery yet; consumers that are no longer registered but still have rows follow.
+    """
+    per_state: dict[tuple[str, str], int] = {}
+    oldest: dict[str, dt.datetime] = {}
+    waiting = set(waiting_state_names())
+    # One GROUP BY (consumer, state) served by the (consumer, state) index; the oldest
+    # waiting delivery is the smallest created_at among the waiting states' groups.
+    rows = (
+        Delivery.objects.values("consumer", "state")
+        .annotate(n=Count("pk"), oldest=Min("created_at"))
+        .order_by()
+    )
+    for row in rows:
+        per_state[(row["consumer"], row["state"])] = row["n"]
+        if row["state"] in waiting and row["oldest"] is not None:
+            current = oldest.get(row["consumer"])
+            oldest[row["consumer"]] = min(row["oldest"], current) if current else row["oldest"]
+    registered = [c.name for c in all_consumers()]
+    names = registered + sorted({consumer for consumer, _ in per_state} - set(registered))
+    return {
+        name: ConsumerLedger(
+            counts={state: per_state.get((name, state), 0) for state in delivery_state_names()},
+            oldest_waiting_at=oldest.get(name),
+        )
+        for name in names
+    }
+
 
 def pipeline_status() -> dict[str, Any]:
     """The figures of ``event_status --json``: events, and per consumer its ledger states.
 
-    ``oldest_pending_seconds`` is the age of the oldest delivery still waiting (pending
-    or retrying), or ``None`` when nothing waits.
+    ``oldest_pending_seconds`` is the age of the oldest delivery still waiting (any state
+    but done and dead), or ``None`` when nothing waits.
     """
     now = timezone.now()
-    per_state = {
-        (row["consumer"], row["state"]): row["n"]
-        for row in Delivery.objects.values("consumer", "state").annotate(n=Count("pk")).order_by()
+    consumers = {
+        name: {**ledger.counts, "oldest_pending_seconds": ledger.oldest_waiting_seconds(now)}
+        for name, ledger in ledger_by_consumer().items()
     }
-    oldest = {
-        row["consumer"]: row["oldest"]
-        for row in Delivery.objects.filter(state__in=Delivery.OPEN_STATES)
-        .values("consumer")
-        .annotate(oldest=Min("created_at"))
-        .order_by()
-    }
-    registered = [c.name for c in all_consumers()]
-    names = registered + sorted({consumer for consumer, _ in per_state} - set(registered))
-    consumers = {}
-    for name in names:
-        figures: dict[str, Any] = {
-            state: per_state.get((name, state), 0) for state in Delivery.State.values
-        }
-        figures = {key: figures[key] for key in ("done", "pending", "retrying", "dead")}
-        oldest_at = oldest.get(name)
-        figures["oldest_pending_seconds"] = (
-            round((now - oldest_at).total_seconds(), 3) if oldest_at else None
-        )
-        consumers[name] = figures
     unenqueued = (
         Event.objects.filter(
             Q(deliveries__state__in=Delivery.OPEN_STATES, deliveries__enqueued_at__isnull=True)
@@ -91,3 +132,23 @@ def latest_deliveries_for_aggregates(
             grouped[aggregate_id] = []
         grouped[aggregate_id].append(delivery)
     return grouped
+
+
+def status_breaches(
+    status: dict[str, Any], *, max_dead: int, max_waiting_seconds: float
+) -> list[str]:
+    """One line per consumer limit broken in ``pipeline_status()`` figures.
+
+    ``"indexing: 3 dead"`` when a consumer has more than ``max_dead`` dead deliveries,
+    ``"audit: oldest waiting 912 s"`` when its oldest waiting delivery is older than
+    ``max_waiting_seconds``. An empty list means every consumer is within the limits.
+    """
+    lines = []
+    for name, figures in status["consumers"].items():
+        dead = figures[Delivery.State.DEAD]
+        if dead > max_dead:
+            lines.append(f"{name}: {dead} dead")
+        waiting = figures["oldest_pending_seconds"]
+        if waiting is not None and waiting > max_waiting_seconds:
+            lines.append(f"{name}: oldest waiting {int(waiting)} s")
+    return lines
