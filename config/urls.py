@@ -3,11 +3,14 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from events.metrics import metrics
 from events.views import health
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    # Prometheus scrapes /metrics (no slash) by default; 404 unless METRICS_TOKEN is set.
+    path("metrics", metrics, name="metrics"),
     # Sign in and out (logout is a POST), password change: Django's own views.
     path("accounts/", include("django.contrib.auth.urls")),
     path("search/", include("indexing.urls")),

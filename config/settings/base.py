@@ -267,6 +267,12 @@ EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", d
 EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
 
 # ------------------------------------------------------------------------------
+# Metrics (events/metrics.py): /metrics needs "Authorization: Bearer <token>" and is a
+# 404 while the token is empty.
+# ------------------------------------------------------------------------------
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# ------------------------------------------------------------------------------
 # Flower
 # ------------------------------------------------------------------------------
 FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
