@@ -1,0 +1,162 @@
+"""Retention: ``prune_events`` and the daily beat task drop old finished events only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from celery import current_app
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from audit.models import AuditEntry
+from events.models import Delivery, DeliveryAttempt, Event
+from events.retention import prune_old_events
+from tests.factories import settled, upload_text
+from tests.services import FakeTerminal, run_manage, wait_for
+
+
+def age(events, days: int) -> None:
+    """Make ``events`` (a queryset) look ``days`` old."""
+    events.update(occurred_at=timezone.now() - dt.timedelta(days=days))
+
+
+def finish(event: Event) -> None:
+    """Mark every delivery of ``event`` done after one attempt, as a worker leaves it."""
+    now = timezone.now()
+    for delivery in Delivery.objects.filter(event=event):
+        DeliveryAttempt.objects.create(
+            delivery=delivery,
+            number=1,
+            started_at=now,
+            finished_at=now,
+            outcome=DeliveryAttempt.Outcome.DONE,
+        )
+    Delivery.objects.filter(event=event).update(
+        state=Delivery.State.DONE, attempts=1, completed_at=now
+    )
+
+
+def uploaded_event(user) -> Event:
+    return Event.objects.get(aggregate_id=str(upload_text(user).pk), type="file.uploaded")
+
+
+@pytest.mark.django_db
+def test_prune_deletes_old_finished_events_with_their_deliveries_and_attempts(user, capsys):
+    old = [uploaded_event(user) for _ in range(3)]
+    recent = uploaded_event(user)
+    for event in [*old, recent]:
+        finish(event)
+    age(Event.objects.filter(pk__in=[e.pk for e in old]), days=40)
+
+    call_command("prune_events", "--older-than", "30", "--chunk-size", "2")
+
+    assert list(Event.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert set(Delivery.objects.values_list("event_id", flat=True)) == {recent.pk}
+    assert DeliveryAttempt.objects.count() == Delivery.objects.count() == 3
+    out = capsys.readouterr().out
+    assert "deleted 3 events, 9 deliveries, 9 attempts" in out
+
+
+@pytest.mark.django_db
+def test_prune_never_touches_an_event_with_a_waiting_or_dead_delivery(user, capsys):
+    finished, waiting, dead = (uploaded_event(user) for _ in range(3))
+    for event in (finished, waiting, dead):
+        finish(event)
+    Delivery.objects.filter(event=waiting, consumer="indexing").update(
+        state=Delivery.State.RETRYING
+    )
+    Delivery.objects.filter(event=dead, consumer="audit").update(state=Delivery.State.DEAD)
+    age(Event.objects.all(), days=90)
+
+    call_command("prune_events", "--older-than", "30")
+
+    assert set(Event.objects.values_list("pk", flat=True)) == {waiting.pk, dead.pk}
+    assert Delivery.objects.filter(event__in=[waiting, dead]).count() == 6
+    assert "kept 2 older events that still have a delivery not done" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_dry_run_says_what_it_would_delete_and_deletes_nothing(user, capsys):
+    for _ in range(2):
+        finish(uploaded_event(user))
+    age(Event.objects.all(), days=31)
+
+    call_command("prune_events", "--older-than", "30", "--dry-run")
+
+    assert Event.objects.count() == 2
+    assert Delivery.objects.count() == DeliveryAttempt.objects.count() == 6
+    out = capsys.readouterr().out
+    assert "would delete 2 events, 6 deliveries, 6 attempts" in out
+    assert "nothing was deleted" in out
+
+
+@pytest.mark.django_db
+def test_prune_draws_a_progress_bar_on_a_terminal_only(user):
+    for _ in range(3):
+        finish(uploaded_event(user))
+    age(Event.objects.all(), days=31)
+    terminal = FakeTerminal()
+
+    call_command("prune_events", "--older-than", "30", "--chunk-size", "1", stdout=terminal)
+
+    assert "pruning" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    assert Event.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("days", ["0", "-3", "soon", "1.5"])
+def test_prune_refuses_a_bad_age(days):
+    with pytest.raises(CommandError, match="--older-than"):
+        call_command("prune_events", "--older-than", days)
+
+
+@pytest.mark.django_db
+def test_prune_needs_an_age():
+    with pytest.raises(CommandError, match="--older-than"):
+        call_command("prune_events")
+
+
+@pytest.mark.django_db
+def test_retention_of_zero_days_keeps_everything(user, settings):
+    settings.EVENTS_RETENTION_DAYS = 0
+    finish(uploaded_event(user))
+    age(Event.objects.all(), days=3650)
+
+    assert prune_old_events() is None
+
+    assert Event.objects.count() == 1
+
+
+def test_beat_prunes_daily_on_the_events_queue():
+    entry = current_app.conf.beat_schedule["prune-events"]
+
+    assert entry["task"] == "events.prune_events"
+    assert entry["options"]["queue"] == "events"
+    assert entry["schedule"].remaining_estimate(timezone.now()) <= dt.timedelta(days=1)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_audit_chain_verifies_after_the_worker_prunes_what_it_delivered(
+    live_worker, user, settings
+):
+    # given: uploads a real worker delivered to every consumer, the audit log included
+    events = [uploaded_event(user) for _ in range(3)]
+    for event in events:
+        assert set(wait_for(lambda e=event: settled(e), what="deliveries").values()) == {"done"}
+    audit_entries = AuditEntry.objects.count()
+    assert audit_entries == 3
+    age(Event.objects.filter(pk__in=[e.pk for e in events[:2]]), days=45)
+    settings.EVENTS_RETENTION_DAYS = 30
+
+    # when: the beat task runs on the worker (which reads the default retention, 30 days)
+    current_app.send_task("events.prune_events", queue="events")
+    wait_for(lambda: Event.objects.count() == 1, what="the worker to prune")
+
+    # then
+    assert Event.objects.get().pk == events[2].pk
+    assert AuditEntry.objects.count() == audit_entries
+    verified = run_manage("verify_audit")
+    assert verified.returncode == 0, verified.stderr
+    assert "audit chain intact: 3 entries checked" in verified.stdout
