@@ -25,7 +25,7 @@ from audit.models import AuditEntry
 from events import registry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, register_consumer
-from events.replay import Mode, parse_selection, replay_events, selected_events
+from events.replay import Mode, ReplaySelection, replay_events, selected_events
 from events.schemas import Envelope
 from events.services import deliveries_to_relay, record_event
 from notifications.models import Notification
@@ -244,6 +244,35 @@ def test_default_replay_resends_open_and_dead_deliveries_and_skips_done(db, publ
     assert set(Delivery.objects.filter(event=done).values_list("state", flat=True)) == {"done"}
     assert "probe: re-delivering 2 (0 missing created, 1 dead reset, 1 open, 1 done skipped)" in out
     assert "3 events read, 4 deliveries published" in out
+
+
+def test_dead_replay_with_nothing_dead_says_so_once(db, published, replay):
+    set_state(probe_event(), "done")
+
+    out = replay("--dead")
+
+    assert out.splitlines() == ["no dead delivery matches the selection: nothing to re-deliver"]
+    assert published.sent == []
+
+
+def test_replay_says_how_many_selected_events_are_no_longer_stored(db, published, replay):
+    kept = probe_event()
+    set_state(kept, "dead")
+    pruned = [str(uuid.uuid4()), str(uuid.uuid4())]
+
+    out = replay("--event", str(kept.id), *(f"--event={pk}" for pk in pruned))
+
+    assert "2 of the 3 selected events are not in the event log (pruned, or never stored)" in out
+    assert {event_id for _, event_id in published.sent} == {kept.id}
+
+
+def test_replay_of_only_unknown_events_says_they_are_not_stored(db, published, replay):
+    out = replay("--event", str(uuid.uuid4()))
+
+    assert out.splitlines() == [
+        "1 of the 1 selected events are not in the event log (pruned, or never stored)",
+        "no stored event matches the selection",
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -568,7 +597,7 @@ def test_replay_reads_the_log_in_a_bounded_number_of_queries_per_chunk(
 def test_replay_memory_stays_far_below_loading_the_whole_log(db, published):
     # given a log whose payloads are not small
     bulk_probe_events(3000, padding=2000)
-    selection = parse_selection(consumers=["probe", "probe_peer"])
+    selection = ReplaySelection(consumers=("probe", "probe_peer"))
 
     tracemalloc.start()
     try:
@@ -595,12 +624,12 @@ def test_keyset_pages_cover_events_that_share_a_timestamp_exactly_once(db, publi
     Event.objects.update(occurred_at=T0)
 
     report = replay_events(
-        selection=parse_selection(consumers=["probe"]), mode=Mode.DRY_RUN, chunk_size=3
+        selection=ReplaySelection(consumers=("probe",)), mode=Mode.DRY_RUN, chunk_size=3
     )
 
     assert report.events_scanned == 10
     assert report.consumers["probe"].reset_dead == 10
-    assert selected_events(parse_selection(consumers=["probe"])).count() == 10
+    assert selected_events(ReplaySelection(consumers=("probe",))).count() == 10
 
 
 # ------------------------------------------------------------------------------
