@@ -17,9 +17,10 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from events.charts import overview_charts
 from events.models import Delivery, DeliveryAttempt, Event
 from events.replay import ReplayReport, redeliver_deliveries
-from events.selectors import pipeline_status
+from events.selectors import FINISHED_STATES, delivery_state_names, pipeline_status
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
@@ -94,13 +95,15 @@ class EventAdmin(ReadOnlyAdmin):
         return [overview, *super().get_urls()]
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
-        """Per consumer, the ``event_status`` figures, and the oldest waiting delivery."""
+        """Per consumer, the ``event_status`` figures and charts of its last hour, and the
+        oldest waiting delivery."""
         if not (
             self.has_view_permission(request) and request.user.has_perm("events.view_delivery")  # type: ignore[union-attr]
         ):
             raise PermissionDenied
         status = pipeline_status()
         changelist = reverse("admin:events_delivery_changelist")
+        states = delivery_state_names()
         rows = []
         for name, figures in status["consumers"].items():
             cells = [
@@ -108,7 +111,7 @@ class EventAdmin(ReadOnlyAdmin):
                     figures[state],
                     f"{changelist}?{urlencode({'consumer': name, 'state__exact': state})}",
                 )
-                for state in ("done", "pending", "retrying", "dead")
+                for state in states
             ]
             rows.append(
                 {
@@ -119,7 +122,7 @@ class EventAdmin(ReadOnlyAdmin):
                 }
             )
         oldest = (
-            Delivery.objects.filter(state__in=Delivery.OPEN_STATES)
+            Delivery.objects.exclude(state__in=FINISHED_STATES)
             .select_related("event")
             .defer("event__payload")
             .order_by("created_at", "pk")
@@ -130,7 +133,9 @@ class EventAdmin(ReadOnlyAdmin):
             "title": "Events overview",
             "opts": self.model._meta,
             "events": status["events"],
+            "states": states,
             "rows": rows,
+            "charts": overview_charts(consumers=list(status["consumers"])),
             "oldest": oldest,
             "oldest_url": (
                 reverse("admin:events_delivery_change", args=[oldest.pk]) if oldest else ""
