@@ -322,6 +322,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # Django's own console handler on "django" would print each record a second
+        # time (without the ids) before it propagates to the root handler above.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
 
