@@ -83,6 +83,9 @@ def test_start_runs_redis_as_its_own_process_and_flower_lists_every_queue_at_onc
             what=f"Flower to list {sorted(expected)}",
         )
         assert redis_answers(redis_port)
+        # Flower's own Prometheus metrics, as the README's scrape config reads them.
+        with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/metrics", timeout=5) as r:
+            assert b"flower_worker_online" in r.read()
 
         # then: stopping bin/start stops its Redis too
         process.send_signal(signal.SIGTERM)
