@@ -67,8 +67,9 @@ def browser(
         chromium.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shots_dir(artifacts_dir: Path) -> Path:
+    """Screenshots of this run: emptied once per session, so every case's stay."""
     path = artifacts_dir / "browser"
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.png"):
