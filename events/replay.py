@@ -36,17 +36,18 @@ import datetime as dt
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from events.models import Delivery, Event
 from events.progress import ProgressCallback
 from events.registry import Consumer, all_consumers, get_consumer
+from events.selectors import events_in_chunks
 from events.services import publish_deliveries_now, run_delivery
 
 DEFAULT_CHUNK_SIZE = 500
@@ -176,31 +177,6 @@ def count_selected_events(selection: ReplaySelection) -> int:
     return selected_events(selection).count()
 
 
-def _event_chunks(selection: ReplaySelection, chunk_size: int) -> Iterator[list[Event]]:
-    """The selected events in (occurred_at, id) order, by keyset, ``chunk_size`` at a time.
-
-    Keyset rather than OFFSET: each page is an index range scan from the last row seen,
-    so the millionth event costs what the first did, and rows appended meanwhile (new
-    uploads) do not shift the pages.
-    """
-    events = selected_events(selection).order_by("occurred_at", "id")
-    last: Event | None = None
-    while True:
-        page = events
-        if last is not None:
-            page = page.filter(
-                Q(occurred_at__gt=last.occurred_at)
-                | Q(occurred_at=last.occurred_at, id__gt=last.id)
-            )
-        chunk = list(page[:chunk_size])
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < chunk_size:
-            return
-        last = chunk[-1]
-
-
 # ------------------------------------------------------------------------------
 # Replaying
 # ------------------------------------------------------------------------------
@@ -228,7 +204,7 @@ def replay_events(
     report = ReplayReport(mode=mode)
     for name in selection.consumers:
         report.tally(name)
-    for events in _event_chunks(selection, chunk_size):
+    for events in events_in_chunks(selected_events(selection), chunk_size=chunk_size):
         _replay_chunk(events, consumers=consumers, selection=selection, report=report)
         report.events_scanned += len(events)
         if on_progress is not None:

@@ -16,17 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from events.models import Delivery, DeliveryAttempt, Event
 from events.progress import ProgressCallback
+from events.selectors import events_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -65,25 +65,6 @@ def cutoff_for(days: int, *, now: dt.datetime | None = None) -> dt.datetime:
     return (now or timezone.now()) - dt.timedelta(days=days)
 
 
-def _id_chunks(
-    cutoff: dt.datetime, chunk_size: int
-) -> Iterator[list[tuple[dt.datetime, uuid.UUID]]]:
-    """``(occurred_at, id)`` of prunable events, by keyset, ``chunk_size`` at a time."""
-    rows = prunable_events(cutoff=cutoff).order_by("occurred_at", "id")
-    last: tuple[dt.datetime, uuid.UUID] | None = None
-    while True:
-        page = rows
-        if last is not None:
-            page = page.filter(Q(occurred_at__gt=last[0]) | Q(occurred_at=last[0], id__gt=last[1]))
-        chunk = list(page.values_list("occurred_at", "id")[:chunk_size])
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < chunk_size:
-            return
-        last = chunk[-1]
-
-
 def prune_events(
     *,
     cutoff: dt.datetime,
@@ -102,8 +83,9 @@ def prune_events(
         raise ValueError("chunk_size must be positive")
     report = PruneReport(cutoff=cutoff, dry_run=dry_run)
     seen = 0
-    for chunk in _id_chunks(cutoff, chunk_size):
-        ids = [pk for _, pk in chunk]
+    rows = prunable_events(cutoff=cutoff).only("id", "occurred_at")
+    for chunk in events_in_chunks(rows, chunk_size=chunk_size):
+        ids = [event.pk for event in chunk]
         if dry_run:
             report.events += len(ids)
             report.deliveries += Delivery.objects.filter(event_id__in=ids).count()

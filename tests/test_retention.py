@@ -48,14 +48,15 @@ def test_prune_deletes_old_finished_events_with_their_deliveries_and_attempts(us
     for event in [*old, recent]:
         finish(event)
     age(Event.objects.filter(pk__in=[e.pk for e in old]), days=40)
+    per_event = Delivery.objects.filter(event=recent).count()  # one per consumer
 
     call_command("prune_events", "--older-than", "30", "--chunk-size", "2")
 
     assert list(Event.objects.values_list("pk", flat=True)) == [recent.pk]
     assert set(Delivery.objects.values_list("event_id", flat=True)) == {recent.pk}
-    assert DeliveryAttempt.objects.count() == Delivery.objects.count() == 3
+    assert DeliveryAttempt.objects.count() == Delivery.objects.count() == per_event
     out = capsys.readouterr().out
-    assert "deleted 3 events, 9 deliveries, 9 attempts" in out
+    assert f"deleted 3 events, {3 * per_event} deliveries, {3 * per_event} attempts" in out
 
 
 @pytest.mark.django_db
@@ -69,10 +70,12 @@ def test_prune_never_touches_an_event_with_a_waiting_or_dead_delivery(user, caps
     Delivery.objects.filter(event=dead, consumer="audit").update(state=Delivery.State.DEAD)
     age(Event.objects.all(), days=90)
 
+    kept_deliveries = Delivery.objects.filter(event__in=[waiting, dead]).count()
+
     call_command("prune_events", "--older-than", "30")
 
     assert set(Event.objects.values_list("pk", flat=True)) == {waiting.pk, dead.pk}
-    assert Delivery.objects.filter(event__in=[waiting, dead]).count() == 6
+    assert Delivery.objects.filter(event__in=[waiting, dead]).count() == kept_deliveries
     assert "kept 2 older events that still have a delivery not done" in capsys.readouterr().out
 
 
@@ -81,13 +84,14 @@ def test_dry_run_says_what_it_would_delete_and_deletes_nothing(user, capsys):
     for _ in range(2):
         finish(uploaded_event(user))
     age(Event.objects.all(), days=31)
+    deliveries = Delivery.objects.count()
 
     call_command("prune_events", "--older-than", "30", "--dry-run")
 
     assert Event.objects.count() == 2
-    assert Delivery.objects.count() == DeliveryAttempt.objects.count() == 6
+    assert Delivery.objects.count() == DeliveryAttempt.objects.count() == deliveries
     out = capsys.readouterr().out
-    assert "would delete 2 events, 6 deliveries, 6 attempts" in out
+    assert f"would delete 2 events, {deliveries} deliveries, {deliveries} attempts" in out
     assert "nothing was deleted" in out
 
 

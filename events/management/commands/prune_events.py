@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from events.management.arguments import positive_int
 from events.progress import terminal_progress
 from events.retention import (
     DEFAULT_CHUNK_SIZE,
@@ -23,13 +24,6 @@ from events.retention import (
     cutoff_for,
     prune_events,
 )
-
-
-def _positive_int(option: str, value: object) -> int:
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise CommandError(f"{option}: {value!r} is not a positive whole number")
-    return int(text)
 
 
 class Command(BaseCommand):
@@ -54,8 +48,8 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: Any) -> None:
         if options["older_than"] is None:
             raise CommandError("--older-than DAYS is required, e.g. --older-than 30")
-        days = _positive_int("--older-than", options["older_than"])
-        chunk_size = _positive_int("--chunk-size", options["chunk_size"])
+        days = positive_int("--older-than", options["older_than"])
+        chunk_size = positive_int("--chunk-size", options["chunk_size"])
         cutoff = cutoff_for(days)
         with terminal_progress(
             self.stdout,

@@ -21,6 +21,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from events.management.arguments import positive_int
 from events.models import Event
 from events.progress import terminal_progress
 from events.registry import all_consumers, get_consumer
@@ -120,7 +121,7 @@ class Command(BaseCommand):
             dead_only=options["dead"],
             force=options["force"],
         )
-        chunk_size = _positive_int("--chunk-size", options["chunk_size"])
+        chunk_size = positive_int("--chunk-size", options["chunk_size"])
         if options["dry_run"]:
             mode = Mode.DRY_RUN
         elif options["inline"]:
@@ -244,13 +245,6 @@ def missing_event_count(selection: ReplaySelection) -> int:
 
 
 _LABELS = {Mode.PUBLISH: "replaying", Mode.INLINE: "running", Mode.DRY_RUN: "dry run"}
-
-
-def _positive_int(option: str, value: object) -> int:
-    text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise CommandError(f"{option}: {value!r} is not a positive integer")
-    return int(text)
 
 
 def summary_lines(report: ReplayReport, *, selection: ReplaySelection) -> list[str]:
