@@ -114,10 +114,16 @@ def _delete_chunk(ids: list[uuid.UUID], report: PruneReport) -> None:
         ids = [pk for pk in ids if pk not in unfinished]
         if not ids:
             return
-        # Children first, each one DELETE ... WHERE ... IN: no rows are loaded.
-        report.attempts += DeliveryAttempt.objects.filter(delivery__event_id__in=ids).delete()[0]
-        report.deliveries += Delivery.objects.filter(event_id__in=ids).only("pk").delete()[0]
-        report.events += Event.objects.filter(pk__in=ids).only("pk").delete()[0]
+        # Children first, by hand, one DELETE ... WHERE ... IN each. ``_raw_delete``
+        # skips Django's deletion collector, which would load every row and delete in
+        # batches of 100; nothing else references these rows (no signals, and the only
+        # cascades, deliveries and attempts, are deleted right here, in order).
+        attempts = DeliveryAttempt.objects.filter(delivery__event_id__in=ids)
+        report.attempts += attempts.delete()[0]  # already a single DELETE (no dependents)
+        deliveries = Delivery.objects.filter(event_id__in=ids)
+        report.deliveries += deliveries._raw_delete(deliveries.db)
+        events = Event.objects.filter(pk__in=ids)
+        report.events += events._raw_delete(events.db)
 
 
 def prune_old_events() -> PruneReport | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from events.models import Delivery, Event
 from events.services import record_event
@@ -37,3 +39,28 @@ def settled(event: Event) -> dict[str, str] | None:
     """The states of ``event``'s deliveries once none is pending or retrying, else None."""
     current = states(event)
     return current if current and all(s in ("done", "dead") for s in current.values()) else None
+
+
+def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> None:
+    """``count`` stored probe events with done deliveries, written in bulk (fast)."""
+    now = timezone.now()
+    events = [
+        Event(
+            id=uuid.uuid4(),
+            type=PROBE_EVENT,
+            version=1,
+            occurred_at=now - dt.timedelta(seconds=count - i),
+            aggregate_id="probe",
+            payload={"key": f"{i:08d}" + "x" * padding},
+        )
+        for i in range(count)
+    ]
+    Event.objects.bulk_create(events, batch_size=500)
+    Delivery.objects.bulk_create(
+        [
+            Delivery(event=e, consumer=c, state=state)
+            for e in events
+            for c in ("probe", "probe_peer")
+        ],
+        batch_size=1000,
+    )

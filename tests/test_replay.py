@@ -29,7 +29,7 @@ from events.replay import Mode, ReplaySelection, replay_events, selected_events
 from events.schemas import Envelope
 from events.services import deliveries_to_relay, record_event
 from notifications.models import Notification
-from tests.factories import publish_probe, settled
+from tests.factories import bulk_probe_events, publish_probe, settled
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
 from tests.services import FakeTerminal, run_manage, wait_for
@@ -550,31 +550,6 @@ def test_progress_bar_is_drawn_on_a_terminal_only(db, published, replay):
     assert "100%" in shown and "5/5" in shown
     assert shown.index("5/5") < shown.index("dry run: 5 events read")
     assert "\r" not in piped and "5/5" not in piped
-
-
-def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> None:
-    """``count`` stored probe events with done deliveries, written in bulk (fast)."""
-    now = timezone.now()
-    events = [
-        Event(
-            id=uuid.uuid4(),
-            type=PROBE_EVENT,
-            version=1,
-            occurred_at=now - dt.timedelta(seconds=count - i),
-            aggregate_id="probe",
-            payload={"key": f"{i:08d}" + "x" * padding},
-        )
-        for i in range(count)
-    ]
-    Event.objects.bulk_create(events, batch_size=500)
-    Delivery.objects.bulk_create(
-        [
-            Delivery(event=e, consumer=c, state=state)
-            for e in events
-            for c in ("probe", "probe_peer")
-        ],
-        batch_size=1000,
-    )
 
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--force"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import tracemalloc
 
 import pytest
 from celery import current_app
@@ -11,8 +12,8 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
-from events.retention import prune_old_events
-from tests.factories import settled, upload_text
+from events.retention import cutoff_for, prune_events, prune_old_events
+from tests.factories import bulk_probe_events, settled, upload_text
 from tests.services import FakeTerminal, run_manage, wait_for
 
 
@@ -106,6 +107,45 @@ def test_prune_draws_a_progress_bar_on_a_terminal_only(user):
 
     assert "pruning" in terminal.getvalue() and "3/3" in terminal.getvalue()
     assert Event.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_prune_takes_a_fixed_number_of_queries_per_chunk(django_assert_max_num_queries):
+    bulk_probe_events(3000)
+    age(Event.objects.all(), days=60)
+    chunk_size = 250
+    chunks = 3000 // chunk_size + 1  # the last, empty page ends the scan
+
+    # Per chunk: the page, the locked states, a savepoint pair, and the deletes of
+    # attempts, deliveries and events; never one per event or delivery.
+    with django_assert_max_num_queries(8 * chunks + 3):
+        call_command("prune_events", "--older-than", "30", "--chunk-size", str(chunk_size))
+
+    assert Event.objects.count() == Delivery.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_prune_memory_stays_far_below_loading_the_whole_log():
+    # given a log whose payloads are not small
+    bulk_probe_events(3000, padding=2000)
+    age(Event.objects.all(), days=60)
+
+    tracemalloc.start()
+    try:
+        everything = list(Event.objects.all())
+        everything += list(Delivery.objects.all())
+        _, loading_all = tracemalloc.get_traced_memory()
+        del everything
+        tracemalloc.reset_peak()
+        tracemalloc.clear_traces()
+        baseline, _ = tracemalloc.get_traced_memory()
+        report = prune_events(cutoff=cutoff_for(30), chunk_size=100)
+        _, prune_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (report.events, report.deliveries) == (3000, 6000)
+    assert prune_peak - baseline < loading_all / 10
 
 
 @pytest.mark.django_db
