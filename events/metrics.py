@@ -1,7 +1,7 @@
 """``/metrics``: the delivery ledger in the Prometheus text format, read at scrape time.
 
 A custom collector rather than global gauges: the figures live in the database, which
-every web process shares, so each scrape reads them fresh (two aggregate queries) and
+every web process shares, so each scrape reads them fresh (three aggregate queries) and
 any process answers the same. Nothing is kept between scrapes.
 
 ``events_deliveries{consumer,state}``
@@ -11,7 +11,8 @@ any process answers the same. Nothing is kept between scrapes.
 ``events_delivery_latency_seconds{consumer}``
     gauge histogram of the deliveries completed in the last ``LATENCY_WINDOW``, from the
     event's ``occurred_at`` to the delivery's ``completed_at``: ``_bucket{le}``,
-    ``_gcount``, ``_gsum``. A window, not a running total, so pruning the ledger never
+    ``_gcount``, ``_gsum`` (events older than ``RECENT_EVENT_HORIZON`` are not read:
+    see ``events.selectors.recently_done``). A window, not a running total, so pruning the ledger never
     makes it go backwards; ``histogram_quantile`` reads the buckets directly (no ``rate``).
 """
 

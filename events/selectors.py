@@ -7,18 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import (
-    Avg,
-    Count,
-    DurationField,
-    ExpressionWrapper,
-    F,
-    Max,
-    Min,
-    Q,
-    QuerySet,
-    Sum,
-)
+from django.db.models import Avg, Count, F, FloatField, Func, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -54,26 +43,26 @@ class ConsumerLedger:
 
 
 def ledger_by_consumer() -> dict[str, ConsumerLedger]:
-    """Consumer → its ``ConsumerLedger``, from one aggregate query over the ledger.
+    """Consumer → its ``ConsumerLedger``, from two small aggregate queries.
 
     Registered consumers come first, in registry order, with zeros when they have no
     delivery yet; consumers that are no longer registered but still have rows follow.
     """
-    per_state: dict[tuple[str, str], int] = {}
-    oldest: dict[str, dt.datetime] = {}
-    waiting = set(waiting_state_names())
-    # One GROUP BY (consumer, state) served by the (consumer, state) index; the oldest
-    # waiting delivery is the smallest created_at among the waiting states' groups.
-    rows = (
-        Delivery.objects.values("consumer", "state")
-        .annotate(n=Count("pk"), oldest=Min("created_at"))
+    # Counts: a GROUP BY that the (consumer, state) index answers alone. Asking it for
+    # the oldest created_at too would read every row of the table (about 3x slower at
+    # 80k deliveries on SQLite), so the oldest waiting one is its own query, over the
+    # waiting rows only (the partial index on open states).
+    per_state = {
+        (row["consumer"], row["state"]): row["n"]
+        for row in Delivery.objects.values("consumer", "state").annotate(n=Count("pk")).order_by()
+    }
+    oldest = {
+        row["consumer"]: row["oldest"]
+        for row in Delivery.objects.filter(state__in=waiting_state_names())
+        .values("consumer")
+        .annotate(oldest=Min("created_at"))
         .order_by()
-    )
-    for row in rows:
-        per_state[(row["consumer"], row["state"])] = row["n"]
-        if row["state"] in waiting and row["oldest"] is not None:
-            current = oldest.get(row["consumer"])
-            oldest[row["consumer"]] = min(row["oldest"], current) if current else row["oldest"]
+    }
     registered = [c.name for c in all_consumers()]
     names = registered + sorted({consumer for consumer, _ in per_state} - set(registered))
     return {
@@ -191,11 +180,60 @@ def status_breaches(
     return lines
 
 
-def _latency() -> ExpressionWrapper:
-    """From the event to its delivery's completion, as a duration (SQLite and PostgreSQL)."""
-    return ExpressionWrapper(
-        F("completed_at") - F("event__occurred_at"), output_field=DurationField()
+# Deliveries are found through their event's time, which is indexed, rather than through
+# ``completed_at``, which is not: a scrape then reads the last day's deliveries, not the
+# whole ledger. A delivery done now for an event older than this is left out of latency
+# figures (the oldest-waiting gauge has already shown that backlog).
+RECENT_EVENT_HORIZON = dt.timedelta(days=1)
+
+
+def recently_done(*, since: dt.datetime) -> QuerySet[Delivery]:
+    """Deliveries done since ``since`` whose event occurred within ``RECENT_EVENT_HORIZON``
+    before it."""
+    # A subquery, not a join filter: it leads the planner to the event time index and
+    # then each event's deliveries, instead of scanning the ledger.
+    recent_events = Event.objects.filter(occurred_at__gte=since - RECENT_EVENT_HORIZON)
+    return Delivery.objects.filter(
+        event_id__in=recent_events.values("id"),
+        state=Delivery.State.DONE,
+        completed_at__gte=since,
     )
+
+
+class SecondsBetween(Func):
+    """``end - start`` in seconds, as a float, with each database's own arithmetic.
+
+    Django's portable datetime subtraction calls a Python function per row on SQLite;
+    ``julianday`` is SQLite's own (C) function, ``EXTRACT(EPOCH ...)`` PostgreSQL's.
+    """
+
+    output_field = FloatField()
+
+    def __init__(self, end: str, start: str) -> None:
+        super().__init__(F(end), F(start))
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="((julianday(%(expressions)s)) * 86400.0)",
+            arg_joiner=") - julianday(",
+            **extra,
+        )
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="EXTRACT(EPOCH FROM (%(expressions)s))::double precision",
+            arg_joiner=" - ",
+            **extra,
+        )
+
+
+def _latency() -> SecondsBetween:
+    """From the event to its delivery's completion, in seconds."""
+    return SecondsBetween("completed_at", "event__occurred_at")
 
 
 @dataclass(frozen=True)
@@ -214,11 +252,11 @@ def recent_latency(*, since: dt.datetime, bounds: Sequence[float]) -> dict[str, 
     not grow with the number of deliveries read back.
     """
     counts = {
-        f"le_{index}": Count("pk", filter=Q(latency__lte=dt.timedelta(seconds=bound)))
+        f"le_{index}": Count("pk", filter=Q(latency__lte=bound))
         for index, bound in enumerate(bounds)
     }
     rows = (
-        Delivery.objects.filter(state=Delivery.State.DONE, completed_at__gte=since)
+        recently_done(since=since)
         .annotate(latency=_latency())
         .values("consumer")
         .annotate(n=Count("pk"), total=Sum("latency"), **counts)
@@ -228,7 +266,7 @@ def recent_latency(*, since: dt.datetime, bounds: Sequence[float]) -> dict[str, 
         row["consumer"]: LatencyHistogram(
             buckets={bound: row[f"le_{index}"] for index, bound in enumerate(bounds)},
             count=row["n"],
-            sum_seconds=row["total"].total_seconds() if row["total"] is not None else 0.0,
+            sum_seconds=max(row["total"] or 0.0, 0.0),
         )
         for row in rows
     }
@@ -249,7 +287,7 @@ def done_per_minute(*, since: dt.datetime) -> dict[str, dict[dt.datetime, Minute
     One GROUP BY (consumer, minute) query; minutes without a delivery are absent.
     """
     rows = (
-        Delivery.objects.filter(state=Delivery.State.DONE, completed_at__gte=since)
+        recently_done(since=since)
         .annotate(minute=TruncMinute("completed_at"), latency=_latency())
         .values("consumer", "minute")
         .annotate(n=Count("pk"), avg=Avg("latency"), longest=Max("latency"))
@@ -259,16 +297,7 @@ def done_per_minute(*, since: dt.datetime) -> dict[str, dict[dt.datetime, Minute
     for row in rows:
         figures.setdefault(row["consumer"], {})[row["minute"]] = MinuteFigures(
             done=row["n"],
-            avg_latency_seconds=_seconds(row["avg"]),
-            max_latency_seconds=_seconds(row["longest"]),
+            avg_latency_seconds=max(row["avg"] or 0.0, 0.0),
+            max_latency_seconds=max(row["longest"] or 0.0, 0.0),
         )
     return figures
-
-
-def _seconds(value: dt.timedelta | float | None) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, dt.timedelta):
-        return max(value.total_seconds(), 0.0)
-    # SQLite averages the stored microseconds into a plain number.
-    return max(float(value) / 1_000_000, 0.0)
