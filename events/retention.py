@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ class PruneReport:
     attempts: int = 0
     # Older than the cut-off but kept: a delivery is still waiting or dead.
     kept: int = 0
+    # False when the time budget ran out first: what is left waits for the next run.
+    finished: bool = True
 
 
 def _unfinished(event_ref: OuterRef) -> Exists:
@@ -71,17 +74,20 @@ def prune_events(
     dry_run: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: ProgressCallback | None = None,
+    max_seconds: float | None = None,
 ) -> PruneReport:
     """Delete events older than ``cutoff`` whose deliveries are all done, with those
     deliveries and their attempts; ``dry_run`` counts and deletes nothing.
 
     Each chunk is re-checked inside its transaction, so a delivery that a replay reset
     to pending after the chunk was read keeps its event. ``on_progress`` receives the
-    number of events handled so far after each chunk.
+    number of events handled so far after each chunk. With ``max_seconds``, it stops
+    after the chunk during which that much time has passed (``finished`` is then False).
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")
     report = PruneReport(cutoff=cutoff, dry_run=dry_run)
+    started = time.monotonic()
     seen = 0
     rows = prunable_events(cutoff=cutoff).only("id", "occurred_at")
     for chunk in events_in_chunks(rows, chunk_size=chunk_size):
@@ -95,6 +101,9 @@ def prune_events(
         seen += len(ids)
         if on_progress is not None:
             on_progress(seen)
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            report.finished = False
+            break
     report.kept = (
         Event.objects.filter(occurred_at__lt=cutoff).filter(_unfinished(OuterRef("pk"))).count()
     )
@@ -126,12 +135,14 @@ def _delete_chunk(ids: list[uuid.UUID], report: PruneReport) -> None:
         report.events += events._raw_delete(events.db)
 
 
-def prune_old_events() -> PruneReport | None:
+def prune_old_events(*, max_seconds: float | None = None) -> PruneReport | None:
     """Apply ``EVENTS_RETENTION_DAYS`` (0 keeps everything, and returns ``None``)."""
     days = settings.EVENTS_RETENTION_DAYS
     if days <= 0:
         return None
-    report = prune_events(cutoff=cutoff_for(days))
+    report = prune_events(
+        cutoff=cutoff_for(days), chunk_size=DEFAULT_CHUNK_SIZE, max_seconds=max_seconds
+    )
     logger.info(
         "pruned %s events, %s deliveries, %s attempts older than %s days; kept %s unfinished",
         report.events,
@@ -143,8 +154,19 @@ def prune_old_events() -> PruneReport | None:
     return report
 
 
+# One run of the task stops well inside the default task time limits (100 s soft,
+# 120 s hard): the events worker, which also runs the relay, is never held for long.
+TASK_TIME_BUDGET_SECONDS = 60
+
+
 # Imported by workers through CELERY_IMPORTS; beat sends it once a day (settings).
 @shared_task(name="events.prune_events", ignore_result=True)
 def prune_events_task() -> None:
-    """Beat's daily retention run: ``prune_old_events`` on a worker of the events queue."""
-    prune_old_events()
+    """Beat's daily retention run: ``prune_old_events`` on a worker of the events queue.
+
+    A large first prune goes in runs of ``TASK_TIME_BUDGET_SECONDS``: each run that
+    did not finish sends the task again, behind the relay tasks queued meanwhile.
+    """
+    report = prune_old_events(max_seconds=TASK_TIME_BUDGET_SECONDS)
+    if report is not None and not report.finished:
+        prune_events_task.apply_async(queue="events")

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
-from events.retention import cutoff_for, prune_events, prune_old_events
+from events.retention import cutoff_for, prune_events, prune_events_task, prune_old_events
 from tests.factories import bulk_probe_events, settled, upload_text
 from tests.services import FakeTerminal, run_manage, wait_for
 
@@ -170,6 +170,40 @@ def test_retention_of_zero_days_keeps_everything(user, settings):
     assert prune_old_events() is None
 
     assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_prune_past_its_time_budget_stops_after_the_chunk_it_is_in(user):
+    for _ in range(3):
+        finish(uploaded_event(user))
+    age(Event.objects.all(), days=40)
+
+    report = prune_events(cutoff=cutoff_for(30), chunk_size=2, max_seconds=0)
+
+    assert (report.events, report.finished) == (2, False)
+    assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_beat_task_sends_itself_again_until_the_prune_is_finished(user, monkeypatch):
+    # One chunk per run, as if each took the whole time budget: the relay, on the same
+    # single-process worker of the events queue, runs between two runs.
+    monkeypatch.setattr("events.retention.TASK_TIME_BUDGET_SECONDS", 0)
+    monkeypatch.setattr("events.retention.DEFAULT_CHUNK_SIZE", 1)
+    sent: list[dict] = []
+    monkeypatch.setattr(prune_events_task, "apply_async", lambda **kw: sent.append(kw))
+    for _ in range(2):
+        finish(uploaded_event(user))
+    age(Event.objects.all(), days=40)
+
+    prune_events_task()
+    assert Event.objects.count() == 1
+    assert len(sent) == 1 and sent[0]["queue"] == "events"
+
+    prune_events_task()
+    prune_events_task()  # finds nothing left, sends nothing
+    assert Event.objects.count() == 0
+    assert len(sent) == 2
 
 
 def test_beat_prunes_daily_on_the_events_queue():
