@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import tracemalloc
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
@@ -16,6 +18,8 @@ from events.services import record_event
 from tests.probe.handlers import PROBE_EVENT
 from uploads.models import Upload
 from uploads.services import create_upload
+
+T = TypeVar("T")
 
 
 def upload_text(owner: User, text: str = "the quick brown fox", name: str = "notes.txt") -> Upload:
@@ -64,3 +68,25 @@ def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> N
         ],
         batch_size=1000,
     )
+
+
+def peak_memory_against_loading_the_log(run: Callable[[], T]) -> tuple[T, int, int]:
+    """``(run's result, its peak allocation, what loading every event and delivery takes)``.
+
+    Both in bytes, measured with ``tracemalloc``, the loading first so its memory is freed
+    before ``run`` starts.
+    """
+    tracemalloc.start()
+    try:
+        everything: list[Any] = list(Event.objects.all())
+        everything += list(Delivery.objects.all())
+        _, loading_all = tracemalloc.get_traced_memory()
+        del everything
+        tracemalloc.reset_peak()
+        tracemalloc.clear_traces()
+        baseline, _ = tracemalloc.get_traced_memory()
+        result = run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak - baseline, loading_all

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import tracemalloc
 
 import pytest
 from celery import current_app
@@ -13,7 +12,12 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.retention import cutoff_for, prune_events, prune_events_task, prune_old_events
-from tests.factories import bulk_probe_events, settled, upload_text
+from tests.factories import (
+    bulk_probe_events,
+    peak_memory_against_loading_the_log,
+    settled,
+    upload_text,
+)
 from tests.services import FakeTerminal, run_manage, wait_for
 
 
@@ -130,22 +134,12 @@ def test_prune_memory_stays_far_below_loading_the_whole_log():
     bulk_probe_events(3000, padding=2000)
     age(Event.objects.all(), days=60)
 
-    tracemalloc.start()
-    try:
-        everything = list(Event.objects.all())
-        everything += list(Delivery.objects.all())
-        _, loading_all = tracemalloc.get_traced_memory()
-        del everything
-        tracemalloc.reset_peak()
-        tracemalloc.clear_traces()
-        baseline, _ = tracemalloc.get_traced_memory()
-        report = prune_events(cutoff=cutoff_for(30), chunk_size=100)
-        _, prune_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, prune_peak, loading_all = peak_memory_against_loading_the_log(
+        lambda: prune_events(cutoff=cutoff_for(30), chunk_size=100)
+    )
 
     assert (report.events, report.deliveries) == (3000, 6000)
-    assert prune_peak - baseline < loading_all / 10
+    assert prune_peak < loading_all / 10
 
 
 @pytest.mark.django_db
