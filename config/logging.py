@@ -29,12 +29,16 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", 
 class CorrelationFilter(logging.Filter):
     """Add ``correlation_id``, ``task_id`` and ``task_name`` to every record; never drops one.
 
-    Values a caller passed with ``extra=`` are kept.
+    Values a caller passed with ``extra=`` are kept. A record about a request
+    (``django.request`` and ``django.server`` pass ``extra={"request": ...}``) takes that
+    request's id: Django logs a 4xx or 5xx response after the middleware that scopes the
+    id has returned, where only the process's fallback id would be current.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "correlation_id", ""):
-            record.correlation_id = get_correlation_id()
+            request_id = getattr(getattr(record, "request", None), "correlation_id", "")
+            record.correlation_id = request_id or get_correlation_id()
         task_id, task_name = current_task()
         if not getattr(record, "task_id", ""):
             record.task_id = task_id

@@ -36,28 +36,24 @@ import datetime as dt
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from events.models import Delivery, Event
 from events.progress import ProgressCallback
 from events.registry import Consumer, all_consumers, get_consumer
-from events.schemas import schemas
+from events.selectors import events_in_chunks
 from events.services import publish_deliveries_now, run_delivery
 
 DEFAULT_CHUNK_SIZE = 500
 
 # The fields of an event that replaying needs; the payload is read by the handler only.
 _EVENT_FIELDS = ("id", "type", "occurred_at", "correlation_id")
-
-
-class ReplayArgumentError(ValueError):
-    """A replay selection that cannot be right (unknown name, malformed value)."""
 
 
 class Mode(StrEnum):
@@ -80,7 +76,8 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class ReplaySelection:
-    """Which stored events to replay to which consumers; see ``parse_selection``."""
+    """Which stored events to replay to which consumers (``replay_events`` builds it
+    from its command line, checking every name and value)."""
 
     consumers: tuple[str, ...]
     types: tuple[str, ...] = ()
@@ -150,89 +147,6 @@ class ReplayReport:
 # ------------------------------------------------------------------------------
 # Selection
 # ------------------------------------------------------------------------------
-def parse_selection(
-    *,
-    consumers: Sequence[str] = (),
-    types: Sequence[str] = (),
-    since: str | None = None,
-    until: str | None = None,
-    event_ids: Sequence[str] = (),
-    upload_ids: Sequence[str] = (),
-    dead_only: bool = False,
-    force: bool = False,
-) -> ReplaySelection:
-    """Check command-line style values and build a ``ReplaySelection``.
-
-    Raises ``ReplayArgumentError`` with a one-line reason for an unknown consumer or
-    event type, a malformed date, UUID or upload id, ``since`` not before ``until``, or
-    consumers that handle none of the types. No consumers means every registered one.
-    ``since`` is inclusive and ``until`` exclusive; a date without a time means midnight
-    and a time without a zone means the project's time zone.
-    """
-    for name in consumers:
-        try:
-            get_consumer(name)
-        except LookupError as exc:
-            raise ReplayArgumentError(str(exc)) from None
-    known_types = set(schemas.types()) | {t for c in all_consumers() for t in c.handlers}
-    for event_type in types:
-        if event_type not in known_types:
-            raise ReplayArgumentError(
-                f"unknown event type {event_type!r} (known: {', '.join(sorted(known_types))})"
-            )
-    since_at = _parse_datetime("--since", since)
-    until_at = _parse_datetime("--until", until)
-    if since_at and until_at and since_at >= until_at:
-        raise ReplayArgumentError(
-            f"--since ({since_at.isoformat()}) must be before --until ({until_at.isoformat()})"
-        )
-    selection = ReplaySelection(
-        consumers=tuple(dict.fromkeys(consumers or [c.name for c in all_consumers()])),
-        types=tuple(dict.fromkeys(types)),
-        since=since_at,
-        until=until_at,
-        event_ids=tuple(dict.fromkeys(_parse_uuid(value) for value in event_ids)),
-        upload_ids=tuple(dict.fromkeys(_parse_upload_id(value) for value in upload_ids)),
-        dead_only=dead_only,
-        force=force,
-    )
-    if types and not selection.handled_types():
-        raise ReplayArgumentError(
-            f"no selected consumer ({', '.join(selection.consumers)}) handles "
-            f"the selected event types ({', '.join(selection.types)})"
-        )
-    return selection
-
-
-def _parse_datetime(option: str, value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ReplayArgumentError(
-            f"{option}: {value!r} is not an ISO 8601 date or date-time "
-            "(e.g. 2024-05-01 or 2024-05-01T12:00:00+00:00)"
-        ) from None
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
-
-
-def _parse_uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value.strip())
-    except (ValueError, AttributeError):
-        raise ReplayArgumentError(f"--event: {value!r} is not a UUID") from None
-
-
-def _parse_upload_id(value: str) -> int:
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise ReplayArgumentError(f"--upload: {value!r} is not an upload id (a positive integer)")
-    return int(text)
-
-
 def selected_events(selection: ReplaySelection) -> QuerySet[Event]:
     """The stored events the selection covers, unordered, payload not loaded."""
     events = Event.objects.filter(type__in=selection.handled_types())
@@ -263,31 +177,6 @@ def count_selected_events(selection: ReplaySelection) -> int:
     return selected_events(selection).count()
 
 
-def _event_chunks(selection: ReplaySelection, chunk_size: int) -> Iterator[list[Event]]:
-    """The selected events in (occurred_at, id) order, by keyset, ``chunk_size`` at a time.
-
-    Keyset rather than OFFSET: each page is an index range scan from the last row seen,
-    so the millionth event costs what the first did, and rows appended meanwhile (new
-    uploads) do not shift the pages.
-    """
-    events = selected_events(selection).order_by("occurred_at", "id")
-    last: Event | None = None
-    while True:
-        page = events
-        if last is not None:
-            page = page.filter(
-                Q(occurred_at__gt=last.occurred_at)
-                | Q(occurred_at=last.occurred_at, id__gt=last.id)
-            )
-        chunk = list(page[:chunk_size])
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < chunk_size:
-            return
-        last = chunk[-1]
-
-
 # ------------------------------------------------------------------------------
 # Replaying
 # ------------------------------------------------------------------------------
@@ -315,7 +204,7 @@ def replay_events(
     report = ReplayReport(mode=mode)
     for name in selection.consumers:
         report.tally(name)
-    for events in _event_chunks(selection, chunk_size):
+    for events in events_in_chunks(selected_events(selection), chunk_size=chunk_size):
         _replay_chunk(events, consumers=consumers, selection=selection, report=report)
         report.events_scanned += len(events)
         if on_progress is not None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import tracemalloc
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from events.models import Delivery, Event
 from events.registry import consumers_for
@@ -16,6 +20,8 @@ from tests.probe.handlers import PROBE_EVENT
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import create_upload
+
+T = TypeVar("T")
 
 
 def upload_consumers() -> list[str]:
@@ -50,3 +56,50 @@ def settled(event: Event) -> dict[str, str] | None:
     """The states of ``event``'s deliveries once none is pending or retrying, else None."""
     current = states(event)
     return current if current and all(s in ("done", "dead") for s in current.values()) else None
+
+
+def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> None:
+    """``count`` stored probe events with done deliveries, written in bulk (fast)."""
+    now = timezone.now()
+    events = [
+        Event(
+            id=uuid.uuid4(),
+            type=PROBE_EVENT,
+            version=1,
+            occurred_at=now - dt.timedelta(seconds=count - i),
+            aggregate_id="probe",
+            payload={"key": f"{i:08d}" + "x" * padding},
+        )
+        for i in range(count)
+    ]
+    Event.objects.bulk_create(events, batch_size=500)
+    Delivery.objects.bulk_create(
+        [
+            Delivery(event=e, consumer=c, state=state)
+            for e in events
+            for c in ("probe", "probe_peer")
+        ],
+        batch_size=1000,
+    )
+
+
+def peak_memory_against_loading_the_log(run: Callable[[], T]) -> tuple[T, int, int]:
+    """``(run's result, its peak allocation, what loading every event and delivery takes)``.
+
+    Both in bytes, measured with ``tracemalloc``, the loading first so its memory is freed
+    before ``run`` starts.
+    """
+    tracemalloc.start()
+    try:
+        everything: list[Any] = list(Event.objects.all())
+        everything += list(Delivery.objects.all())
+        _, loading_all = tracemalloc.get_traced_memory()
+        del everything
+        tracemalloc.reset_peak()
+        tracemalloc.clear_traces()
+        baseline, _ = tracemalloc.get_traced_memory()
+        result = run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak - baseline, loading_all

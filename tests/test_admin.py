@@ -439,3 +439,45 @@ def test_overview_needs_staff(client, user):
 
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_overview_charts_deliveries_done_per_minute_and_latency_per_consumer(
+    admin_client, user, django_assert_max_num_queries
+):
+    # given: indexing finished three deliveries 5 minutes ago (2 s after their events)
+    # and one 30 minutes ago (40 s after), audit one two hours ago (outside the hour)
+    now = timezone.now().replace(second=30, microsecond=0)
+    events = [Event.objects.get(aggregate_id=str(make_upload(user).pk)) for _ in range(5)]
+    for event, (consumer, minutes_ago, latency) in zip(
+        events,
+        [
+            ("indexing", 5, 2),
+            ("indexing", 5, 2),
+            ("indexing", 5, 2),
+            ("indexing", 30, 40),
+            ("audit", 120, 1),
+        ],
+        strict=True,
+    ):
+        completed = now - dt.timedelta(minutes=minutes_ago)
+        Event.objects.filter(pk=event.pk).update(
+            occurred_at=completed - dt.timedelta(seconds=latency)
+        )
+        mark(event, consumer, "done", completed_at=completed)
+
+    # when
+    with django_assert_max_num_queries(12):
+        response = admin_client.get(reverse("admin:events_overview"))
+
+    # then: one pair of inline SVG charts per consumer, drawn on the server
+    html = response.content.decode()
+    charts = {chart["consumer"]: chart for chart in response.context["charts"]}
+    assert list(charts)[:3] == ["notifications", "indexing", "audit"]
+    indexing = charts["indexing"]
+    assert indexing["done_total"] == 4
+    assert sorted(b["value"] for b in indexing["done"]["bars"] if b["value"]) == [1, 3]
+    assert sorted(round(b["value"]) for b in indexing["latency"]["bars"] if b["value"]) == [2, 40]
+    assert charts["audit"]["done_total"] == 0
+    assert html.count('<svg class="overview-chart"') == 2 * len(charts)
+    assert "3 done" in html and "avg 40 s" in html
+    assert "<script" not in html.split('id="content-main"')[1]

@@ -286,15 +286,18 @@ def test_pages_link_to_each_other_and_keep_page_size(api, user):
     assert api.get(second["previous"]).json() == first
 
 
-def test_page_size_is_capped(api, user, monkeypatch):
-    monkeypatch.setattr("uploads.api.MAX_PAGE_SIZE", 2)
+def test_page_size_above_the_maximum_is_refused_not_silently_capped(api, user):
     for n in range(3):
         upload_text(user, f"file {n}")
 
-    body = api.get(LIST_URL, {"page_size": 1000}).json()
+    refused = api.get(LIST_URL, {"page_size": 101})
+    largest = api.get(LIST_URL, {"page_size": 100})
 
-    assert len(body["results"]) == 2
-    assert body["next"] is not None
+    assert refused.status_code == 400
+    assert error_of(refused)["code"] == "invalid_page_size"
+    assert "at most 100" in error_of(refused)["message"]
+    assert largest.status_code == 200
+    assert len(largest.json()["results"]) == 3
 
 
 def test_page_past_the_end_is_404(api, user):

@@ -67,8 +67,9 @@ def browser(
         chromium.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shots_dir(artifacts_dir: Path) -> Path:
+    """Screenshots of this run: emptied once per session, so every case's stay."""
     path = artifacts_dir / "browser"
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.png"):
@@ -204,3 +205,101 @@ def assert_sees_nothing_of(page: Page, username: str, upload_id: str) -> None:
         assert page.goto(path).status == 404, path
     states = page.request.get(f"/uploads/states/?ids={upload_id}")
     assert states.ok and states.json() == {}
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+
+
+def scrolls_sideways(page: Page) -> bool:
+    """Whether the page is wider than the viewport (a sideways scrollbar on a phone)."""
+    return page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+
+
+def test_phone_sized_pages_live_attempts_refused_bar_favicon_and_admin_columns(
+    admin_user: User, browser: Browser, live_server, live_worker, shots_dir: Path, tmp_path: Path
+) -> None:
+    errors: list[str] = []
+    phone_context = browser.new_context(base_url=live_server.url, viewport=PHONE)
+    phone = phone_context.new_page()
+    phone.on("pageerror", lambda exc: errors.append(f"{phone.url}: {exc}"))
+    phone_context.tracing.start(screenshots=True, snapshots=True)
+    try:
+        # The worker waits until the detail page is open, so the page sees pending first.
+        live_worker.stop()
+        sign_in(phone, "alice")
+        assert not scrolls_sideways(phone)
+
+        # 1. A good file and a refused (empty) one: the refused bar has its own colour.
+        good = tmp_path / "a-rather-long-file-name-from-a-phone-camera-roll-2026-11-26.txt"
+        good.write_bytes(FILE_TEXT)
+        empty = tmp_path / "empty.txt"
+        empty.write_bytes(b"")
+        phone.goto("/uploads/new/")
+        phone.set_input_files("#id_file", [good, empty])
+        phone.get_by_role("button", name="Upload", exact=True).click()
+        done_item = phone.locator("#upload-list li.upload-item.done")
+        refused_item = phone.locator("#upload-list li.upload-item.error")
+        expect(done_item).to_have_count(1)
+        expect(refused_item).to_have_count(1)
+        expect(refused_item.locator(".status")).to_contain_text("Refused")
+
+        def bar_colour(item) -> str:
+            return item.locator("progress").evaluate("e => getComputedStyle(e).accentColor")
+
+        phone.screenshot(path=shots_dir / "phone-01-new.png", full_page=True)
+        assert bar_colour(refused_item) != bar_colour(done_item)
+        assert not scrolls_sideways(phone)
+        upload_id = done_item.get_attribute("data-upload-id")
+
+        # 2. Its page while nothing ran yet: pending, 0 attempts, nothing sideways.
+        phone.goto(f"/uploads/{upload_id}/")
+        attempts = phone.locator("table.states td.attempts")
+        expect(attempts).to_have_text(["0"] * len(upload_consumers()))
+        phone.screenshot(path=shots_dir / "phone-02-detail-pending.png", full_page=True)
+        assert not scrolls_sideways(phone)
+
+        # 3. The worker starts: states and attempts update live, without a reload.
+        live_worker.start()
+        for consumer in upload_consumers():
+            expect(phone.locator(f'.states [data-consumer="{consumer}"]')).to_have_attribute(
+                "data-state", "done", timeout=WORKER_WAIT_MS
+            )
+        expect(attempts).to_have_text(["1"] * len(upload_consumers()))
+        phone.screenshot(path=shots_dir / "phone-03-detail-done.png", full_page=True)
+        assert not scrolls_sideways(phone)
+
+        for path in ("/", f"/search/?q={WORD}"):
+            phone.goto(path)
+            assert not scrolls_sideways(phone), path
+        phone.screenshot(path=shots_dir / "phone-04-search.png", full_page=True)
+
+        # 4. Every page has an icon: /favicon.ico answers, and pages link one.
+        icon = phone.request.get("/favicon.ico")
+        assert icon.ok and icon.headers["content-type"].startswith("image/")
+        assert phone.locator('link[rel="icon"]').count() == 1
+    finally:
+        phone_context.tracing.stop(path=shots_dir / "trace-phone.zip")
+
+    # 5. Admin at 1280 px: the consumer state columns are shown whole, not clipped.
+    desk = browser.new_context(base_url=live_server.url, viewport=DESKTOP).new_page()
+    desk.on("pageerror", lambda exc: errors.append(f"{desk.url}: {exc}"))
+    desk.goto("/admin/login/")
+    desk.fill("input[name=username]", "admin")
+    desk.fill("input[name=password]", "password")
+    desk.get_by_role("button", name="Log in").click()
+    for name, path, cell in (
+        ("uploads", "/admin/uploads/upload/", "td.field-delivery_states"),
+        ("deliveries", "/admin/events/delivery/", "td.field-state"),
+    ):
+        desk.goto(path)
+        expect(desk.locator(cell).first).to_be_visible()
+        desk.screenshot(path=shots_dir / f"admin-{name}-1280.png", full_page=True)
+        assert not scrolls_sideways(desk), path
+        results = desk.locator("#changelist .results")
+        assert results.evaluate("e => e.scrollWidth <= e.clientWidth"), path
+    desk.goto("/admin/events/event/overview/")
+    expect(desk.locator("svg.overview-chart").first).to_be_visible()
+    desk.screenshot(path=shots_dir / "admin-overview-1280.png", full_page=True)
+
+    assert errors == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import tracemalloc
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +24,16 @@ from audit.models import AuditEntry
 from events import registry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, register_consumer
-from events.replay import Mode, parse_selection, replay_events, selected_events
+from events.replay import Mode, ReplaySelection, replay_events, selected_events
 from events.schemas import Envelope
 from events.services import deliveries_to_relay, record_event
 from notifications.models import Notification
-from tests.factories import publish_probe, settled
+from tests.factories import (
+    bulk_probe_events,
+    peak_memory_against_loading_the_log,
+    publish_probe,
+    settled,
+)
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
 from tests.services import FakeTerminal, run_manage, wait_for
@@ -244,6 +248,35 @@ def test_default_replay_resends_open_and_dead_deliveries_and_skips_done(db, publ
     assert set(Delivery.objects.filter(event=done).values_list("state", flat=True)) == {"done"}
     assert "probe: re-delivering 2 (0 missing created, 1 dead reset, 1 open, 1 done skipped)" in out
     assert "3 events read, 4 deliveries published" in out
+
+
+def test_dead_replay_with_nothing_dead_says_so_once(db, published, replay):
+    set_state(probe_event(), "done")
+
+    out = replay("--dead")
+
+    assert out.splitlines() == ["no dead delivery matches the selection: nothing to re-deliver"]
+    assert published.sent == []
+
+
+def test_replay_says_how_many_selected_events_are_no_longer_stored(db, published, replay):
+    kept = probe_event()
+    set_state(kept, "dead")
+    pruned = [str(uuid.uuid4()), str(uuid.uuid4())]
+
+    out = replay("--event", str(kept.id), *(f"--event={pk}" for pk in pruned))
+
+    assert "2 of the 3 selected events are not in the event log (pruned, or never stored)" in out
+    assert {event_id for _, event_id in published.sent} == {kept.id}
+
+
+def test_replay_of_only_unknown_events_says_they_are_not_stored(db, published, replay):
+    out = replay("--event", str(uuid.uuid4()))
+
+    assert out.splitlines() == [
+        "1 of the 1 selected events are not in the event log (pruned, or never stored)",
+        "no stored event matches the selection",
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -523,31 +556,6 @@ def test_progress_bar_is_drawn_on_a_terminal_only(db, published, replay):
     assert "\r" not in piped and "5/5" not in piped
 
 
-def bulk_probe_events(count: int, *, state: str = "done", padding: int = 0) -> None:
-    """``count`` stored probe events with done deliveries, written in bulk (fast)."""
-    now = timezone.now()
-    events = [
-        Event(
-            id=uuid.uuid4(),
-            type=PROBE_EVENT,
-            version=1,
-            occurred_at=now - dt.timedelta(seconds=count - i),
-            aggregate_id="probe",
-            payload={"key": f"{i:08d}" + "x" * padding},
-        )
-        for i in range(count)
-    ]
-    Event.objects.bulk_create(events, batch_size=500)
-    Delivery.objects.bulk_create(
-        [
-            Delivery(event=e, consumer=c, state=state)
-            for e in events
-            for c in ("probe", "probe_peer")
-        ],
-        batch_size=1000,
-    )
-
-
 @pytest.mark.parametrize("mode", ["--dry-run", "--force"])
 def test_replay_reads_the_log_in_a_bounded_number_of_queries_per_chunk(
     db, published, replay, django_assert_max_num_queries, mode
@@ -568,25 +576,15 @@ def test_replay_reads_the_log_in_a_bounded_number_of_queries_per_chunk(
 def test_replay_memory_stays_far_below_loading_the_whole_log(db, published):
     # given a log whose payloads are not small
     bulk_probe_events(3000, padding=2000)
-    selection = parse_selection(consumers=["probe", "probe_peer"])
+    selection = ReplaySelection(consumers=("probe", "probe_peer"))
 
-    tracemalloc.start()
-    try:
-        everything = list(Event.objects.all())
-        everything += list(Delivery.objects.all())
-        _, loading_all = tracemalloc.get_traced_memory()
-        del everything
-        tracemalloc.reset_peak()
-        tracemalloc.clear_traces()
-        baseline, _ = tracemalloc.get_traced_memory()
-        report = replay_events(selection=selection, mode=Mode.DRY_RUN, chunk_size=100)
-        _, replay_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    report, replay_peak, loading_all = peak_memory_against_loading_the_log(
+        lambda: replay_events(selection=selection, mode=Mode.DRY_RUN, chunk_size=100)
+    )
 
     assert report.events_scanned == 3000
     assert report.consumers["probe"].skipped_done == 3000
-    assert replay_peak - baseline < loading_all / 10
+    assert replay_peak < loading_all / 10
 
 
 def test_keyset_pages_cover_events_that_share_a_timestamp_exactly_once(db, published):
@@ -595,12 +593,12 @@ def test_keyset_pages_cover_events_that_share_a_timestamp_exactly_once(db, publi
     Event.objects.update(occurred_at=T0)
 
     report = replay_events(
-        selection=parse_selection(consumers=["probe"]), mode=Mode.DRY_RUN, chunk_size=3
+        selection=ReplaySelection(consumers=("probe",)), mode=Mode.DRY_RUN, chunk_size=3
     )
 
     assert report.events_scanned == 10
     assert report.consumers["probe"].reset_dead == 10
-    assert selected_events(parse_selection(consumers=["probe"])).count() == 10
+    assert selected_events(ReplaySelection(consumers=("probe",))).count() == 10
 
 
 # ------------------------------------------------------------------------------

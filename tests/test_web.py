@@ -482,3 +482,14 @@ def test_badges_go_from_pending_to_done_as_the_consumers_finish(live_worker, cli
     html = client.get("/").content.decode()
     assert badges(html) == [("badge badge-done", name, "done") for name in upload_consumers()]
     assert "catch-up.txt" in client.get("/search/", {"q": "puffin"}).content.decode()
+
+
+def test_favicon_is_served_to_anyone_and_every_page_links_an_icon(client, signed_in):
+    from django.contrib.staticfiles import finders
+
+    response = Client().get("/favicon.ico")
+
+    assert response.status_code == 301
+    assert response["Location"].endswith("/uploads/favicon.svg")
+    assert finders.find("uploads/favicon.svg")
+    assert '<link rel="icon"' in signed_in.get("/").content.decode()

@@ -8,7 +8,7 @@ that stays stable when the message is reworded:
 
 =====  ========================================================================
 400    ``missing`` (no ``file`` field), ``empty``, ``too_many_files``,
-       ``invalid_page``, ``invalid_page_size`` (not a positive integer),
+       ``invalid_page``, ``invalid_page_size`` (not a positive integer, or over 100),
        ``bad_request`` (a body Django refuses to parse: too many fields, malformed)
 401    ``not_authenticated`` (no credentials), ``invalid_token``
 403    ``csrf_failed`` (session requests only)
@@ -174,10 +174,12 @@ def _page_url(request: HttpRequest, page: int) -> str:
 
 def _list_uploads(request: HttpRequest) -> JsonResponse:
     number = _positive_int(request, "page", 1, "invalid_page")
-    size = min(
-        _positive_int(request, "page_size", DEFAULT_PAGE_SIZE, "invalid_page_size"),
-        MAX_PAGE_SIZE,
-    )
+    size = _positive_int(request, "page_size", DEFAULT_PAGE_SIZE, "invalid_page_size")
+    if size > MAX_PAGE_SIZE:
+        # Refused rather than capped: a client asking for 500 must not think it got them all.
+        raise ApiError(
+            400, "invalid_page_size", f"page_size may be at most {MAX_PAGE_SIZE}, not {size}"
+        )
     paginator = Paginator(uploads_for_owner(request.user), size)
     # num_pages is 1 for an empty list, so page 1 always exists.
     if number > paginator.num_pages:

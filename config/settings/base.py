@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -301,7 +302,16 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=5.0),
         "options": {"queue": "events", "expires": 30},
     },
+    # Retention (events/retention.py), daily at a quiet hour; EVENTS_RETENTION_DAYS=0 skips.
+    "prune-events": {
+        "task": "events.prune_events",
+        "schedule": crontab(minute=17, hour=3),
+        "options": {"queue": "events", "expires": 3600},
+    },
 }
+# Modules with tasks outside a tasks.py, imported by every worker.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#imports
+CELERY_IMPORTS = ("events.retention",)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # ------------------------------------------------------------------------------
@@ -314,6 +324,15 @@ EVENTS_STALE_AFTER_SECONDS = env.int("EVENTS_STALE_AFTER_SECONDS", default=300)
 EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=2.0)
 EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", default=600)
 EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
+# Beat deletes events older than this many days whose deliveries are all done
+# (prune_events); 0 keeps everything.
+EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=30)
+
+# ------------------------------------------------------------------------------
+# Metrics (events/metrics.py): /metrics needs "Authorization: Bearer <token>" and is a
+# 404 while the token is empty.
+# ------------------------------------------------------------------------------
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # ------------------------------------------------------------------------------
 # Flower
@@ -354,6 +373,9 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # django-axes announces itself at every process start; its lock-outs still log.
         "axes.apps": {"level": "WARNING"},
+        # Django's own console handler on "django" would print each record a second
+        # time (without the ids) before it propagates to the root handler above.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
 

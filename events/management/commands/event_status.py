@@ -1,34 +1,106 @@
-"""``event_status [--json]``: per consumer, what the ledger says."""
+"""``event_status [--json] [--check [--max-dead N] [--max-waiting-seconds S]]``.
+
+Per consumer, what the ledger says. ``--check`` turns it into an alert for cron or a
+monitoring agent: exit 0 when every consumer is within the limits, 1 with one line per
+breach otherwise.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.selectors import pipeline_status
+from events.selectors import delivery_state_names, pipeline_status, status_breaches
 
-COLUMNS = ("done", "pending", "retrying", "dead", "oldest_pending_seconds")
+DEFAULT_MAX_DEAD = 0
+DEFAULT_MAX_WAITING_SECONDS = 300.0
+
+
+def _non_negative(kind: type[int] | type[float]) -> Any:
+    """An argparse ``type`` accepting a number of ``kind`` that is zero or more."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text!r} is negative")
+        return value
+
+    return parse
 
 
 class Command(BaseCommand):
-    help = "Show per consumer how many deliveries are done, pending, retrying and dead."
+    help = (
+        "Show per consumer how many deliveries are in each state and how long the oldest "
+        "has waited. --check exits 1 with one line per breach of the limits."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="exit 0 when every consumer is within the limits, 1 otherwise",
+        )
+        parser.add_argument(
+            "--max-dead",
+            type=_non_negative(int),
+            metavar="N",
+            help=f"with --check: dead deliveries allowed per consumer (default {DEFAULT_MAX_DEAD})",
+        )
+        parser.add_argument(
+            "--max-waiting-seconds",
+            type=_non_negative(float),
+            metavar="S",
+            help=(
+                "with --check: how long a delivery may wait before it is a breach "
+                f"(default {DEFAULT_MAX_WAITING_SECONDS:g})"
+            ),
+        )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
+        limits_given = options["max_dead"] is not None or options["max_waiting_seconds"] is not None
+        if limits_given and not options["check"]:
+            raise CommandError("--max-dead and --max-waiting-seconds go with --check")
         status = pipeline_status()
-        if options["json"]:
+        if options["check"]:
+            self._check(status, options)
+        elif options["json"]:
             self.stdout.write(json.dumps(status))
-            return
+        else:
+            self._table(status)
+
+    def _check(self, status: dict[str, Any], options: dict[str, Any]) -> None:
+        max_dead = options["max_dead"]
+        max_dead = DEFAULT_MAX_DEAD if max_dead is None else max_dead
+        max_waiting = options["max_waiting_seconds"]
+        max_waiting = DEFAULT_MAX_WAITING_SECONDS if max_waiting is None else max_waiting
+        breaches = status_breaches(status, max_dead=max_dead, max_waiting_seconds=max_waiting)
+        for line in breaches:
+            self.stdout.write(line)
+        if breaches:
+            self.stdout.flush()
+            sys.exit(1)
+        self.stdout.write(
+            f"ok: {len(status['consumers'])} consumers within the limits "
+            f"(at most {max_dead} dead, nothing waiting over {max_waiting:g} s)"
+        )
+
+    def _table(self, status: dict[str, Any]) -> None:
         events = status["events"]
         self.stdout.write(
             f"events: {events['total']} total, {events['unenqueued']} not yet enqueued"
         )
-        header = ("consumer", *COLUMNS)
+        columns = (*delivery_state_names(), "oldest_pending_seconds")
+        header = ("consumer", *columns)
         rows = [
-            (name, *("-" if figures[c] is None else str(figures[c]) for c in COLUMNS))
+            (name, *("-" if figures[c] is None else str(figures[c]) for c in columns))
             for name, figures in status["consumers"].items()
         ]
         widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]

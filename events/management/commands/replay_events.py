@@ -13,22 +13,28 @@ because every handler is idempotent (see ``events/replay.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
+from events.management.arguments import positive_int
+from events.models import Event
 from events.progress import terminal_progress
+from events.registry import all_consumers, get_consumer
 from events.replay import (
     DEFAULT_CHUNK_SIZE,
     ConsumerTally,
     Mode,
-    ReplayArgumentError,
     ReplayReport,
+    ReplaySelection,
     count_selected_events,
-    parse_selection,
     replay_events,
 )
+from events.schemas import schemas
 
 
 class Command(BaseCommand):
@@ -105,20 +111,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: Any) -> None:
-        try:
-            selection = parse_selection(
-                consumers=options["consumers"],
-                types=options["types"],
-                since=options["since"],
-                until=options["until"],
-                event_ids=options["events"],
-                upload_ids=options["uploads"],
-                dead_only=options["dead"],
-                force=options["force"],
-            )
-        except ReplayArgumentError as exc:
-            raise CommandError(str(exc)) from None
-        chunk_size = _positive_int("--chunk-size", options["chunk_size"])
+        selection = parse_selection(
+            consumers=options["consumers"],
+            types=options["types"],
+            since=options["since"],
+            until=options["until"],
+            event_ids=options["events"],
+            upload_ids=options["uploads"],
+            dead_only=options["dead"],
+            force=options["force"],
+        )
+        chunk_size = positive_int("--chunk-size", options["chunk_size"])
         if options["dry_run"]:
             mode = Mode.DRY_RUN
         elif options["inline"]:
@@ -135,7 +138,13 @@ class Command(BaseCommand):
             report = replay_events(
                 selection=selection, mode=mode, chunk_size=chunk_size, on_progress=on_progress
             )
-        for line in summary_lines(report, force=selection.force):
+        missing = missing_event_count(selection)
+        if missing:
+            self.stdout.write(
+                f"{missing} of the {len(selection.event_ids)} selected events are not in the "
+                "event log (pruned, or never stored)"
+            )
+        for line in summary_lines(report, selection=selection):
             self.stdout.write(line)
         if report.broker_failed:
             raise CommandError(
@@ -144,18 +153,108 @@ class Command(BaseCommand):
             )
 
 
-_LABELS = {Mode.PUBLISH: "replaying", Mode.INLINE: "running", Mode.DRY_RUN: "dry run"}
+def parse_selection(
+    *,
+    consumers: Sequence[str] = (),
+    types: Sequence[str] = (),
+    since: str | None = None,
+    until: str | None = None,
+    event_ids: Sequence[str] = (),
+    upload_ids: Sequence[str] = (),
+    dead_only: bool = False,
+    force: bool = False,
+) -> ReplaySelection:
+    """Check command-line style values and build a ``ReplaySelection``.
+
+    Raises ``CommandError`` with a one-line reason for an unknown consumer or
+    event type, a malformed date, UUID or upload id, ``since`` not before ``until``, or
+    consumers that handle none of the types. No consumers means every registered one.
+    ``since`` is inclusive and ``until`` exclusive; a date without a time means midnight
+    and a time without a zone means the project's time zone.
+    """
+    for name in consumers:
+        try:
+            get_consumer(name)
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+    known_types = set(schemas.types()) | {t for c in all_consumers() for t in c.handlers}
+    for event_type in types:
+        if event_type not in known_types:
+            raise CommandError(
+                f"unknown event type {event_type!r} (known: {', '.join(sorted(known_types))})"
+            )
+    since_at = _parse_datetime("--since", since)
+    until_at = _parse_datetime("--until", until)
+    if since_at and until_at and since_at >= until_at:
+        raise CommandError(
+            f"--since ({since_at.isoformat()}) must be before --until ({until_at.isoformat()})"
+        )
+    selection = ReplaySelection(
+        consumers=tuple(dict.fromkeys(consumers or [c.name for c in all_consumers()])),
+        types=tuple(dict.fromkeys(types)),
+        since=since_at,
+        until=until_at,
+        event_ids=tuple(dict.fromkeys(_parse_uuid(value) for value in event_ids)),
+        upload_ids=tuple(dict.fromkeys(_parse_upload_id(value) for value in upload_ids)),
+        dead_only=dead_only,
+        force=force,
+    )
+    if types and not selection.handled_types():
+        raise CommandError(
+            f"no selected consumer ({', '.join(selection.consumers)}) handles "
+            f"the selected event types ({', '.join(selection.types)})"
+        )
+    return selection
 
 
-def _positive_int(option: str, value: object) -> int:
+def _parse_datetime(option: str, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise CommandError(
+            f"{option}: {value!r} is not an ISO 8601 date or date-time "
+            "(e.g. 2024-05-01 or 2024-05-01T12:00:00+00:00)"
+        ) from None
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.strip())
+    except (ValueError, AttributeError):
+        raise CommandError(f"--event: {value!r} is not a UUID") from None
+
+
+def _parse_upload_id(value: str) -> int:
     text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise CommandError(f"{option}: {value!r} is not a positive integer")
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise CommandError(f"--upload: {value!r} is not an upload id (a positive integer)")
     return int(text)
 
 
-def summary_lines(report: ReplayReport, *, force: bool) -> list[str]:
-    """The human summary: one line per consumer, then a total."""
+def missing_event_count(selection: ReplaySelection) -> int:
+    """How many ``--event`` ids name no stored event: pruned ones, as far as we can tell."""
+    if not selection.event_ids:
+        return 0
+    stored = Event.objects.filter(id__in=selection.event_ids).count()
+    return len(selection.event_ids) - stored
+
+
+_LABELS = {Mode.PUBLISH: "replaying", Mode.INLINE: "running", Mode.DRY_RUN: "dry run"}
+
+
+def summary_lines(report: ReplayReport, *, selection: ReplaySelection) -> list[str]:
+    """The human summary: one line per consumer, then a total; one line when nothing matched."""
+    if report.events_scanned == 0:
+        # Per-consumer lines of zeros would only repeat it.
+        if selection.dead_only:
+            return ["no dead delivery matches the selection: nothing to re-deliver"]
+        return ["no stored event matches the selection"]
+    force = selection.force
     lines = []
     verb = {
         Mode.DRY_RUN: "would deliver",
@@ -174,8 +273,6 @@ def summary_lines(report: ReplayReport, *, force: bool) -> list[str]:
         if report.mode is Mode.INLINE and tally.outcomes:
             line += " -> " + ", ".join(f"{n} {o}" for o, n in sorted(tally.outcomes.items()))
         lines.append(line)
-    if report.events_scanned == 0:
-        lines.append("no stored event matches the selection")
     if report.mode is Mode.DRY_RUN:
         lines.append(
             f"dry run: {report.events_scanned} events read, {report.selected} deliveries "

@@ -49,9 +49,33 @@
     var delay = FIRST_DELAY;
     var polls = 0;
 
+    // A page marked data-refresh="page" (an upload's own page) shows more than the
+    // state (attempts, last error): it re-reads its own HTML and swaps the table body.
+    var refreshPage = root.dataset.refresh === "page";
+
+    function refreshTable() {
+      return fetch(window.location.href, { headers: { Accept: "text/html" }, credentials: "same-origin" })
+        .then(function (response) {
+          if (!response.ok) throw new Error("page: HTTP " + response.status);
+          return response.text();
+        })
+        .then(function (html) {
+          var fresh = new DOMParser().parseFromString(html, "text/html").querySelector(".states tbody");
+          var current = document.querySelector(".states tbody");
+          // Only when something changed, so a screen reader hears changes, not every poll.
+          if (fresh && current && fresh.innerHTML !== current.innerHTML) current.innerHTML = fresh.innerHTML;
+        });
+    }
+
     function poll() {
       var ids = unsettledIds();
       if (!ids.length) return;
+      if (refreshPage) {
+        refreshTable()
+          .then(function () { window.setTimeout(poll, delay); })
+          .catch(function () { /* Signed out, deleted or offline: stop. */ });
+        return;
+      }
       fetch(url + "?ids=" + encodeURIComponent(ids.join(",")), {
         headers: { Accept: "application/json" },
         credentials: "same-origin",

@@ -33,7 +33,9 @@
     function finish(view, ok, text, link) {
       view.li.classList.add(ok ? "done" : "error");
       view.status.textContent = text;
-      if (ok) view.bar.value = 100;
+      // Full either way, so the outcome's colour shows (green stored, red refused).
+      view.bar.value = 100;
+      if (!ok) view.bar.setAttribute("aria-label", "Refused: " + view.bar.getAttribute("aria-label"));
       if (link) {
         var a = document.createElement("a");
         a.href = link;

@@ -1,0 +1,54 @@
+"""The README's commands work as written, for a newcomer outside the virtualenv."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+from django.conf import settings
+
+from tests.services import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_runs_every_management_command_through_bin_manage():
+    # ``python manage.py`` fails outside the virtualenv; ``.venv/bin/python manage.py``
+    # works only from the project folder. bin/manage works from anywhere.
+    assert not re.findall(r"python3? (?:\S*/)?manage\.py", README)
+    assert not re.findall(r"^\s*(?:\S*/)?manage\.py \w", README, flags=re.MULTILINE)
+    assert "bin/manage createsuperuser" in README
+
+
+def test_readme_creates_the_account_its_examples_use_before_using_it():
+    created = README.index("bin/manage createsuperuser --username alice")
+
+    assert created < README.index("--owner alice")
+    assert created < README.index("create_api_token alice")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+    }
+    for key in ("DATABASE_URL", "TEST_VAR_DIR"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+
+    result = subprocess.run(
+        [str(ROOT / "bin" / "manage"), "event_status", "--check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
