@@ -32,6 +32,7 @@ dropped); the machine's Redis and databases are never touched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import io
 import itertools
@@ -167,12 +168,14 @@ def scratch_postgres(database_url: str) -> tuple[str, Callable[[], None]]:
 # ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Drain:
-    """``count`` tasks finished between ``first`` and ``last``, using ``cpu`` worker seconds."""
+    """``count`` completions between ``first`` and ``last``; ``cpu`` worker seconds for ``tasks``."""
 
     count: int
     first: float
     last: float
     cpu: float
+    tasks: int
+    unit: str = "deliveries"
     ledger_span: float | None = None
 
     @property
@@ -182,20 +185,27 @@ class Drain:
 
     @property
     def cpu_ms(self) -> float:
-        return self.cpu * 1000 / self.count
+        """Worker CPU milliseconds per task."""
+        return self.cpu * 1000 / self.tasks
 
-    def describe(self, unit: str = "deliveries") -> str:
+    def describe(self) -> str:
         ledger = ""
         if self.ledger_span is not None:
-            ledger = f"; ledger span {(self.count - 1) / max(self.ledger_span, 1e-9):.0f}/s"
+            ledger = f" (ledger completed_at span {(self.count - 1) / max(self.ledger_span, 1e-9):.0f}/s)"
         return (
-            f"{self.count} {unit} in {self.last - self.first:.2f}s = {self.per_second:.0f}/s"
-            f"{ledger}; worker CPU {self.cpu_ms:.2f} ms each"
+            f"{self.count} {self.unit} in {self.last - self.first:.2f}s = {self.per_second:.1f}/s"
+            f"{ledger}; worker CPU {self.cpu_ms:.2f} ms per task"
         )
 
 
 def drain(
-    worker: BenchWorker, *, queues: Sequence[str], names: set[str], count: int, what: str
+    worker: BenchWorker,
+    *,
+    queues: Sequence[str],
+    names: set[str],
+    count: int,
+    what: str,
+    unit: str = "deliveries",
 ) -> Drain:
     """Let ``worker`` consume ``queues`` until ``count`` tasks of ``names`` finished."""
     since = time.time()
@@ -206,7 +216,7 @@ def drain(
     )
     cpu = worker.cpu_seconds() - cpu
     worker.stop_consuming(queues)
-    return Drain(count=len(times), first=times[0], last=times[-1], cpu=cpu)
+    return Drain(len(times), first=times[0], last=times[-1], cpu=cpu, tasks=len(times), unit=unit)
 
 
 def ledger_drain(drained: Drain, deliveries: Any, expected: int, what: str) -> Drain:
@@ -218,7 +228,7 @@ def ledger_drain(drained: Drain, deliveries: Any, expected: int, what: str) -> D
         raise SystemExit(f"bench: {what}: {done} of {expected} deliveries done")
     span = deliveries.aggregate(first=Min("completed_at"), last=Max("completed_at"))
     seconds = (span["last"] - span["first"]).total_seconds()
-    return Drain(drained.count, drained.first, drained.last, drained.cpu, seconds)
+    return dataclasses.replace(drained, ledger_span=seconds)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -422,6 +432,7 @@ class Bench:
                     names=self.naive_names,
                     count=n * k,
                     what="draining the naive backlog",
+                    unit="tasks",
                 )
         return results["ours"], results["naive"]
 
@@ -454,17 +465,16 @@ class Bench:
                     names={"bench.noop"},
                     count=n * k,
                     what="draining bare tasks",
+                    unit="tasks",
                 )
         return results["ours"], results["bare"]
 
-    def end_to_end(self, mode: str) -> tuple[float, Drain]:
-        """N uploads while the consumers run; uploads per second until the last task finished."""
+    def end_to_end(self, mode: str) -> Drain:
+        """N uploads while the consumers run, timed from the first upload to the last task."""
         n, k = self.args.events, len(self.consumers)
-        queues, names = (
-            (self.queues, self.task_names)
-            if mode == "events"
-            else (self.naive_queues, self.naive_names)
-        )
+        queues, names = self.queues, self.task_names
+        if mode == "naive":
+            queues, names = self.naive_queues, self.naive_names
         self.real.consume(queues)
         # One upload first, unmeasured: its tasks finishing say the worker consumes the
         # queues now (a Redis consumer added mid-poll joins only after that poll ends).
@@ -487,7 +497,8 @@ class Bench:
         )
         cpu = self.real.cpu_seconds() - cpu
         self.real.stop_consuming(queues)
-        return n / (times[-1] - started), Drain(len(times), times[0], times[-1], cpu)
+        # Counted in uploads from the first upload's start: n + 1 instants bound n intervals.
+        return Drain(n + 1, first=started, last=times[-1], cpu=cpu, tasks=n * k, unit="uploads")
 
     def latency(self) -> dict[str, list[float]]:
         """``create_upload`` durations per mode, interleaved upload by upload, rotating the order."""
@@ -612,154 +623,154 @@ class Bench:
 
     # -- the run
     def run(self) -> None:
-        args = self.args
+        """Every measurement, in an order that leaves each phase's queues empty for the next."""
         self.real.start()
         self.noop.start()
         self.real.wait_ready()
         self.noop.wait_ready()
         self.warm_up()
+        noop_ms = self.measure_throughput()
+        inline_rates = self.measure_replay(noop_ms)
+        self.measure_replay_memory(inline_rates)
+        self.measure_latency()
 
+    def add_ratio(
+        self, name: str, pairs: list[tuple[float, float]], target: float, unit: str
+    ) -> None:
+        """A higher-is-better ratio over one or more rounds of (ours, baseline) rates."""
+        values = [ours / baseline for ours, baseline in pairs]
+        detail = (
+            f"{statistics.fmean(o for o, _ in pairs):.1f} / "
+            f"{statistics.fmean(b for _, b in pairs):.1f} {unit}"
+        )
+        if len(pairs) > 1:
+            detail += "; rounds " + " ".join(f"{value:.2f}" for value in values)
+        self.ratios.append(Ratio(name, statistics.fmean(values), target, True, detail))
+
+    def measure_throughput(self) -> float:
+        """The three paired throughput ratios; returns worker CPU ms of a no-op delivery."""
         backlog: list[tuple[Drain, Drain]] = []
         noop: list[tuple[Drain, Drain]] = []
-        e2e: list[tuple[float, float, Drain, Drain]] = []
-        for round_ in range(args.rounds):
+        e2e: list[tuple[Drain, Drain]] = []
+        for round_ in range(self.args.rounds):
             # Alternate which side goes first, so a drift in machine load hits both.
             ours_first = round_ % 2 == 0
             backlog.append(self.backlog_real(ours_first))
             noop.append(self.backlog_noop(ours_first))
             modes = ("events", "naive") if ours_first else ("naive", "events")
             runs = {mode: self.end_to_end(mode) for mode in modes}
-            e2e.append((runs["events"][0], runs["naive"][0], runs["events"][1], runs["naive"][1]))
-
-        def mean(values: Sequence[float]) -> float:
-            return statistics.fmean(values)
-
-        for ours, naive in backlog:
-            print(f"backlog, real handlers:   ours  {ours.describe()}")
-            print(f"                          naive {naive.describe()}")
-        for ours, bare in noop:
-            print(f"backlog, no-op handlers:  ours  {ours.describe()}")
-            print(f"                          bare  {bare.describe('tasks')}")
-        for ours_rate, naive_rate, ours, naive in e2e:
-            print(
-                f"end to end:               ours  {ours_rate:.1f} uploads/s; worker CPU {ours.cpu_ms:.2f} ms per delivery"
-            )
-            print(
-                f"                          naive {naive_rate:.1f} uploads/s; worker CPU {naive.cpu_ms:.2f} ms per task"
-            )
-        per_round = lambda pairs: " ".join(f"{a:.2f}" for a in pairs)  # noqa: E731
-        values = [o.per_second / b.per_second for o, b in backlog]
-        self.ratios.append(
-            Ratio(
-                "guarantee overhead (backlog, real handlers, ours / naive)",
-                mean(values),
-                0.9,
-                True,
-                f"{mean([o.per_second for o, _ in backlog]):.0f} / {mean([b.per_second for _, b in backlog]):.0f} deliveries/s; rounds {per_round(values)}",
-            )
+            e2e.append((runs["events"], runs["naive"]))
+        for title, pairs, labels in (
+            ("backlog, real handlers: ", backlog, ("ours ", "naive")),
+            ("backlog, no-op handlers:", noop, ("ours ", "bare ")),
+            ("end to end, uploads:    ", e2e, ("ours ", "naive")),
+        ):
+            for ours, baseline in pairs:
+                print(f"{title} {labels[0]} {ours.describe()}")
+                print(f"{' ' * len(title)} {labels[1]} {baseline.describe()}")
+        self.add_ratio(
+            "guarantee overhead (backlog, real handlers, ours / naive)",
+            [(o.per_second, b.per_second) for o, b in backlog],
+            0.9,
+            "deliveries/s",
         )
-        values = [o.per_second / b.per_second for o, b in noop]
-        self.ratios.append(
-            Ratio(
-                "pipeline overhead (backlog, no-op handlers, ours / bare Celery)",
-                mean(values),
-                0.85,
-                True,
-                f"{mean([o.per_second for o, _ in noop]):.0f} / {mean([b.per_second for _, b in noop]):.0f} per s; rounds {per_round(values)}",
-            )
+        self.add_ratio(
+            "pipeline overhead (backlog, no-op handlers, ours / bare Celery)",
+            [(o.per_second, b.per_second) for o, b in noop],
+            0.85,
+            "tasks/s",
         )
-        values = [o / b for o, b, _, _ in e2e]
-        self.ratios.append(
-            Ratio(
-                "end to end (uploads + consumers, ours / naive)",
-                mean(values),
-                0.85,
-                True,
-                f"{mean([o for o, *_ in e2e]):.1f} / {mean([b for _, b, *_ in e2e]):.1f} uploads/s; rounds {per_round(values)}",
-            )
+        self.add_ratio(
+            "end to end (uploads + consumers, ours / naive)",
+            [(o.per_second, b.per_second) for o, b in e2e],
+            0.85,
+            "uploads/s",
         )
+        bare_ms = statistics.fmean(b.cpu_ms for _, b in noop)
+        noop_ms = statistics.fmean(o.cpu_ms for o, _ in noop)
+        print(
+            f"cost model, worker CPU ms per delivery: bare Celery {bare_ms:.2f}; ledger (no-op "
+            f"handlers minus bare) {noop_ms - bare_ms:.2f}; real consumers "
+            f"{statistics.fmean(o.cpu_ms for o, _ in backlog):.2f} against naive "
+            f"{statistics.fmean(b.cpu_ms for _, b in backlog):.2f}"
+        )
+        return noop_ms
 
-        # Replay: per consumer, live workers against the inline command, same event count.
+    def measure_replay(self, noop_ms: float) -> dict[str, float]:
+        """Per consumer: inline replay against live workers; returns inline events/s."""
+        count = self.args.replay_events
         inline_rates: dict[str, float] = {}
-        live: dict[str, Drain] = {}
+        handler_ms: list[str] = []
         for consumer in self.consumers:
-            live[consumer.name] = self.live_replay(consumer, args.replay_events)
-            inline_rates[consumer.name], wall, _ = self.inline_replay(consumer, args.replay_events)
-            print(f"replay {consumer.name}: live  {live[consumer.name].describe('events')}")
-            print(
-                f"{' ' * len(consumer.name)}         inline {inline_rates[consumer.name]:.0f}/s over the ledger span ({wall:.1f}s with start-up)"
-            )
+            live = self.live_replay(consumer, count)
+            inline, wall, _ = self.inline_replay(consumer, count)
+            inline_rates[consumer.name] = inline
+            print(f"replay {consumer.name}: live {live.describe()}")
+            print(f"replay {consumer.name}: inline {inline:.0f}/s ({wall:.1f}s with start-up)")
+            handler_ms.append(f"{consumer.name} {live.cpu_ms - noop_ms:.2f}")
             self.ratios.append(
                 Ratio(
                     f"inline replay {consumer.name} (inline / live events/s)",
-                    inline_rates[consumer.name] / live[consumer.name].per_second,
+                    inline / live.per_second,
                     3,
                     True,
-                    f"{inline_rates[consumer.name]:.0f} / {live[consumer.name].per_second:.0f} events/s",
+                    f"{inline:.0f} / {live.per_second:.0f} events/s",
                 )
             )
+        print(
+            "cost model, worker CPU ms per delivery of each handler (one consumer's live "
+            "drain minus a no-op delivery): " + "; ".join(handler_ms)
+        )
+        return inline_rates
 
-        rss_consumer = next(
+    def measure_replay_memory(self, inline_rates: dict[str, float]) -> None:
+        """Peak RSS of inline replays of a small and a large bulk of events."""
+        args = self.args
+        consumer = next(
             (c for c in self.consumers if c.name == args.rss_consumer),
+            # The fastest inline consumer keeps the large replay shortest.
             max(self.consumers, key=lambda c: inline_rates[c.name]),
         )
-        small_rate, small_wall, small_rss = self.inline_replay(rss_consumer, args.rss_small)
-        large_rate, large_wall, large_rss = self.inline_replay(rss_consumer, args.rss_large)
-        print(
-            f"replay RSS ({rss_consumer.name}): {args.rss_small} events peak {small_rss / 1024:.1f} MiB ({small_rate:.0f}/s, {small_wall:.1f}s); "
-            f"{args.rss_large} events peak {large_rss / 1024:.1f} MiB ({large_rate:.0f}/s, {large_wall:.1f}s)"
-        )
+        peaks = {}
+        for count in (args.rss_small, args.rss_large):
+            rate, wall, peaks[count] = self.inline_replay(consumer, count)
+            print(
+                f"replay {consumer.name}: {count} events inline, peak RSS "
+                f"{peaks[count] / 1024:.1f} MiB, {rate:.0f}/s ({wall:.1f}s with start-up)"
+            )
+        small, large = peaks[args.rss_small], peaks[args.rss_large]
         self.ratios.append(
             Ratio(
-                f"replay peak RSS ({rss_consumer.name}, {args.rss_large} / {args.rss_small} events)",
-                large_rss / small_rss,
+                f"replay peak RSS ({consumer.name}, {args.rss_large} / {args.rss_small} events)",
+                large / small,
                 1.2,
                 False,
-                f"{large_rss / 1024:.1f} / {small_rss / 1024:.1f} MiB",
+                f"{large / 1024:.1f} / {small / 1024:.1f} MiB",
             )
         )
 
+    def measure_latency(self) -> None:
+        """``create_upload`` p50 and p95 with events against the upload alone."""
         durations = self.latency()
         p50 = {mode: statistics.median(values) * 1000 for mode, values in durations.items()}
         p95 = {mode: percentile(values, 0.95) * 1000 for mode, values in durations.items()}
         print(
-            f"create_upload ms, {args.latency_uploads} each: "
+            f"create_upload ms, {self.args.latency_uploads} each, interleaved: "
             + "; ".join(f"{mode} p50 {p50[mode]:.2f} p95 {p95[mode]:.2f}" for mode in durations)
         )
-        self.ratios.append(
-            Ratio(
-                "upload latency p50 (with events / without)",
-                p50["events"] / p50["none"],
-                1.15,
-                False,
-                f"{p50['events']:.2f} / {p50['none']:.2f} ms; outbox rows without publishing "
-                f"{p50['outbox']:.2f} ms, naive publish {p50['naive']:.2f} ms",
+        for name, quantile in (("p50", p50), ("p95", p95)):
+            self.ratios.append(
+                Ratio(
+                    f"upload latency {name} (with events / without any)",
+                    quantile["events"] / quantile["none"],
+                    1.15,
+                    False,
+                    f"{quantile['events']:.2f} / {quantile['none']:.2f} ms; outbox rows without "
+                    f"publishing {quantile['outbox']:.2f} ms; naive publish "
+                    f"{quantile['naive']:.2f} ms"
+                    + ("" if name == "p50" else "; the target is on p50"),
+                )
             )
-        )
-        self.ratios.append(
-            Ratio(
-                "upload latency p95 (with events / without)",
-                p95["events"] / p95["none"],
-                1.15,
-                False,
-                f"{p95['events']:.2f} / {p95['none']:.2f} ms; target is on p50, p95 shown",
-            )
-        )
-
-        # Cost model: worker CPU per delivery (SQLite work is in the worker's processes;
-        # a PostgreSQL server's is not).
-        bare_ms = mean([b.cpu_ms for _, b in noop])
-        noop_ms = mean([o.cpu_ms for o, _ in noop])
-        real_ms = mean([o.cpu_ms for o, _ in backlog])
-        naive_ms = mean([b.cpu_ms for _, b in backlog])
-        print(
-            f"cost model, worker CPU ms per delivery: bare Celery {bare_ms:.2f}; ledger (no-op handlers minus bare) {noop_ms - bare_ms:.2f}; "
-            f"all real consumers {real_ms:.2f} (naive {naive_ms:.2f})"
-        )
-        print(
-            "cost model, each handler (live drain of one consumer minus no-op delivery): "
-            + "; ".join(f"{name} {drained.cpu_ms - noop_ms:.2f}" for name, drained in live.items())
-        )
 
     def stop(self) -> None:
         self.real.stop()
