@@ -70,26 +70,33 @@ TIMEOUT = 900
 class BenchWorker:
     """``celery -A config worker`` idling on its own queue until told what to consume."""
 
-    def __init__(self, *, label: str, env: dict[str, str], workdir: Path, concurrency: int) -> None:
+    def __init__(
+        self,
+        *,
+        label: str,
+        env: dict[str, str],
+        workdir: Path,
+        concurrency: int,
+        launcher: Sequence[str] = (sys.executable, "-m", "celery"),
+        pool: str = "prefork",
+    ) -> None:
         self.label = label
         self.env = env
-        self.concurrency = concurrency
+        self.launcher = list(launcher)
+        self.options = ["-P", pool, "-c", str(concurrency), "--without-mingle", "--without-gossip"]
         self.log_path = workdir / f"worker-{label}.log"
         self.timing = CompletionLog(workdir / f"timing-{label}")
         self.timing.directory.mkdir(parents=True, exist_ok=True)
         self.hostname = f"{label}-{free_port()}@bench"
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def options(self) -> list[str]:
-        return ["-c", str(self.concurrency), "--without-mingle", "--without-gossip"]
-
     def start(self) -> None:
         env = {**self.env, "BENCH_TIMING_DIR": str(self.timing.directory)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    *[sys.executable, "-m", "celery", "-A", "config", "worker"],
+                    *self.launcher,
+                    *["-A", "config", "worker"],
                     *["-Q", f"bench.idle.{self.label}", "-n", self.hostname, "-l", "WARNING"],
                     *self.options,
                 ],
@@ -634,14 +641,18 @@ class Bench:
         self.measure_replay_memory(inline_rates)
         self.measure_latency()
 
-    def add_ratio(
-        self, name: str, pairs: list[tuple[float, float]], target: float, unit: str
-    ) -> None:
-        """A higher-is-better ratio over one or more rounds of (ours, baseline) rates."""
-        values = [ours / baseline for ours, baseline in pairs]
+    def add_ratio(self, name: str, pairs: list[tuple[Drain, Drain]], target: float) -> None:
+        """A higher-is-better ratio of (ours, baseline) rates over one or more rounds.
+
+        The ratio of worker CPU per task (baseline ÷ ours) is shown beside it: it moves
+        less than throughput when other processes load the machine.
+        """
+        values = [ours.per_second / base.per_second for ours, base in pairs]
+        by_cpu = statistics.fmean(base.cpu_ms / ours.cpu_ms for ours, base in pairs)
         detail = (
-            f"{statistics.fmean(o for o, _ in pairs):.1f} / "
-            f"{statistics.fmean(b for _, b in pairs):.1f} {unit}"
+            f"{statistics.fmean(o.per_second for o, _ in pairs):.1f} / "
+            f"{statistics.fmean(b.per_second for _, b in pairs):.1f} {pairs[0][0].unit}/s; "
+            f"by worker CPU per task {by_cpu:.2f}"
         )
         if len(pairs) > 1:
             detail += "; rounds " + " ".join(f"{value:.2f}" for value in values)
@@ -668,24 +679,11 @@ class Bench:
             for ours, baseline in pairs:
                 print(f"{title} {labels[0]} {ours.describe()}")
                 print(f"{' ' * len(title)} {labels[1]} {baseline.describe()}")
+        self.add_ratio("guarantee overhead (backlog, real handlers, ours / naive)", backlog, 0.9)
         self.add_ratio(
-            "guarantee overhead (backlog, real handlers, ours / naive)",
-            [(o.per_second, b.per_second) for o, b in backlog],
-            0.9,
-            "deliveries/s",
+            "pipeline overhead (backlog, no-op handlers, ours / bare Celery)", noop, 0.85
         )
-        self.add_ratio(
-            "pipeline overhead (backlog, no-op handlers, ours / bare Celery)",
-            [(o.per_second, b.per_second) for o, b in noop],
-            0.85,
-            "tasks/s",
-        )
-        self.add_ratio(
-            "end to end (uploads + consumers, ours / naive)",
-            [(o.per_second, b.per_second) for o, b in e2e],
-            0.85,
-            "uploads/s",
-        )
+        self.add_ratio("end to end (uploads + consumers, ours / naive)", e2e, 0.85)
         bare_ms = statistics.fmean(b.cpu_ms for _, b in noop)
         noop_ms = statistics.fmean(o.cpu_ms for o, _ in noop)
         print(
@@ -836,13 +834,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    workdir = ROOT / "var" / "bench" / time.strftime("run-%Y%m%d-%H%M%S")
+@contextmanager
+def scratch_environment(
+    *, database_url: str | None, keep: bool, name: str = "run"
+) -> Iterator[tuple[dict[str, str], Path]]:
+    """Django set up on a scratch database and a private Redis; yields (env, work dir).
+
+    The work dir is ``var/bench/<name>-<time>/`` and keeps its logs; the database (a
+    SQLite file there, or a ``bench_*`` database on ``database_url``'s PostgreSQL server),
+    media and mail are removed afterwards unless ``keep``.
+    """
+    workdir = ROOT / "var" / "bench" / time.strftime(f"{name}-%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True)
-    database_url, drop_database = f"sqlite:///{workdir / 'db.sqlite3'}", lambda: None
-    if args.database_url:
-        database_url, drop_database = scratch_postgres(args.database_url)
+    url, drop_database = f"sqlite:///{workdir / 'db.sqlite3'}", lambda: None
+    if database_url:
+        url, drop_database = scratch_postgres(database_url)
     redis = RedisServer(workdir / "redis")
     redis.start()
     env = {
@@ -851,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "DJANGO_SETTINGS_MODULE": "bench.settings",
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": url,
         "CELERY_BROKER_URL": redis.url,
         "MEDIA_ROOT": str(workdir / "media"),
         "EMAIL_URL": f"filemail:////{workdir / 'mail'}",
@@ -862,39 +868,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     env.pop("BENCH_TIMING_DIR", None)
     os.environ.pop("BENCH_TIMING_DIR", None)
     os.environ.update(env)
-    load_before = os.getloadavg()
-    bench: Bench | None = None
     try:
         import django
 
         django.setup()
-        from celery import current_app
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
-        bench = Bench(args, env, workdir)
-        print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
-        print(
-            f"setup:    {database_url.split('://')[0]}; workers {' '.join(bench.real.options)}, "
-            f"prefetch multiplier {current_app.conf.worker_prefetch_multiplier}, acks_late "
-            f"{current_app.conf.task_acks_late}; consumers {', '.join(c.name for c in bench.consumers)}; "
-            f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs"
-        )
-        sys.stdout.flush()
-        bench.run()
+        yield env, workdir
     finally:
-        if bench is not None:
-            bench.stop()
         redis.stop()
         from django.db import connections
 
         connections.close_all()
         drop_database()
-        if not args.keep:
-            for name in ("db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"):
-                (workdir / name).unlink(missing_ok=True)
+        if not keep:
+            for leftover in ("db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"):
+                (workdir / leftover).unlink(missing_ok=True)
             shutil.rmtree(workdir / "media", ignore_errors=True)
             shutil.rmtree(workdir / "mail", ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    with scratch_environment(database_url=args.database_url, keep=args.keep) as (env, workdir):
+        from celery import current_app
+
+        bench = Bench(args, env, workdir)
+        print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
+        print(
+            f"setup:    {env['DATABASE_URL'].split('://')[0]}; workers "
+            f"{' '.join(bench.real.options)}, prefetch multiplier "
+            f"{current_app.conf.worker_prefetch_multiplier}, acks_late "
+            f"{current_app.conf.task_acks_late}; consumers "
+            f"{', '.join(c.name for c in bench.consumers)}; load average "
+            f"{load_before[0]:.2f} on {os.cpu_count()} CPUs"
+        )
+        sys.stdout.flush()
+        try:
+            bench.run()
+        finally:
+            bench.stop()
     for ratio in bench.ratios:
         print(ratio.line())
     load_after = os.getloadavg()
