@@ -844,7 +844,7 @@ def scratch_environment(
     SQLite file there, or a ``bench_*`` database on ``database_url``'s PostgreSQL server),
     media and mail are removed afterwards unless ``keep``.
     """
-    workdir = ROOT / "var" / "bench" / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+    workdir = ROOT / "var" / "bench" / time.strftime(f"{name}-%Y%m%d-%H%M%S-{os.getpid()}")
     workdir.mkdir(parents=True)
     url, drop_database = f"sqlite:///{workdir / 'db.sqlite3'}", lambda: None
     if database_url:
