@@ -361,6 +361,21 @@ class Bench:
             create_upload(owner=self.owner, file=content)
             return time.perf_counter() - started
 
+    def check_modes(self) -> None:
+        """Each producer mode writes what it claims to, or the comparisons mean nothing."""
+        from events.models import Delivery, Event
+
+        expected = {"events": (1, len(self.consumers)), "outbox": (1, len(self.consumers))}
+        expected |= {"naive": (1, 0), "none": (0, 0)}
+        for mode, (events, deliveries) in expected.items():
+            before = (Event.objects.count(), Delivery.objects.count())
+            self.upload(mode)
+            wrote = (Event.objects.count() - before[0], Delivery.objects.count() - before[1])
+            if wrote != (events, deliveries):
+                raise SystemExit(
+                    f"bench: an upload in mode {mode} wrote {wrote} (events, deliveries)"
+                )
+
     def publish_bare(self, count: int) -> None:
         """``count`` no-op tasks spread over one bare queue per consumer, like deliveries."""
         from celery import current_app
@@ -382,28 +397,25 @@ class Bench:
 
     # -- phases
     def warm_up(self) -> None:
-        """A few of everything first, so no side pays for imports and first connections."""
-        count = 3
-        for worker, pairs in (
-            (
-                self.real,
-                [
-                    ("events", self.queues, self.task_names),
-                    ("naive", self.naive_queues, self.naive_names),
-                ],
-            ),
-            (self.noop, [("events", self.queues, self.task_names)]),
+        """A few of everything first, so no side pays for imports and first connections.
+
+        Starts with ``check_modes``, whose one upload per mode the real worker drains here.
+        """
+        self.check_modes()
+        count, k = 3, len(self.consumers)
+        for _ in range(count):
+            self.upload("events")
+            self.upload("naive")
+        for queues, names in (
+            (self.queues, self.task_names),
+            (self.naive_queues, self.naive_names),
         ):
-            for mode, queues, names in pairs:
-                for _ in range(count):
-                    self.upload(mode)
-                drain(
-                    worker,
-                    queues=queues,
-                    names=names,
-                    count=count * len(self.consumers),
-                    what="warming up",
-                )
+            drain(self.real, queues=queues, names=names, count=(count + 1) * k, what="warming up")
+        for _ in range(count):
+            self.upload("events")
+        drain(
+            self.noop, queues=self.queues, names=self.task_names, count=count * k, what="warming up"
+        )
         self.publish_bare(count)
         drain(
             self.noop, queues=self.bare_queues, names={"bench.noop"}, count=count, what="warming up"
