@@ -305,7 +305,8 @@ class Bench:
     # -- names derived from the registry
     @property
     def queues(self) -> list[str]:
-        return [c.queue for c in self.consumers]
+        # Once each: consumers may share a queue.
+        return list(dict.fromkeys(c.queue for c in self.consumers))
 
     @property
     def task_names(self) -> set[str]:
@@ -315,7 +316,7 @@ class Bench:
     def naive_queues(self) -> list[str]:
         from bench.naive import naive_queue
 
-        return [naive_queue(c) for c in self.consumers]
+        return list(dict.fromkeys(naive_queue(c) for c in self.consumers))
 
     @property
     def naive_names(self) -> set[str]:
@@ -325,7 +326,7 @@ class Bench:
 
     @property
     def bare_queues(self) -> list[str]:
-        return [f"bench.bare.{c.queue}" for c in self.consumers]
+        return [f"bench.bare.{queue}" for queue in self.queues]
 
     # -- producers
     @contextmanager
@@ -421,72 +422,39 @@ class Bench:
             self.noop, queues=self.bare_queues, names={"bench.noop"}, count=count, what="warming up"
         )
 
-    def backlog_real(self, ours_first: bool) -> tuple[Drain, Drain]:
-        """Both sides' backlogs stored while nothing consumes, then drained one after the other."""
+    def backlog_pair(self, baseline: str, *, ours_first: bool) -> tuple[Drain, Drain]:
+        """Ours and ``baseline`` stored while nothing consumes, then drained one after the other.
+
+        ``naive``: the naive tasks with real handlers, on the real-handler worker;
+        ``bare``: bare no-op tasks, on the no-op-handler worker.
+        """
         from events.models import Delivery
 
         n, k = self.args.events, len(self.consumers)
+        worker = self.real if baseline == "naive" else self.noop
         before = self.last_delivery_pk()
         for _ in range(n):
             self.upload("events")
-        for _ in range(n):
-            self.upload("naive")
+        if baseline == "naive":
+            for _ in range(n):
+                self.upload("naive")
+            queues, names = self.naive_queues, self.naive_names
+        else:
+            self.publish_bare(n * k)
+            queues, names = self.bare_queues, {"bench.noop"}
         results: dict[str, Drain] = {}
-        for side in ("ours", "naive") if ours_first else ("naive", "ours"):
+        for side in ("ours", baseline) if ours_first else (baseline, "ours"):
             if side == "ours":
                 drained = drain(
-                    self.real,
-                    queues=self.queues,
-                    names=self.task_names,
-                    count=n * k,
-                    what="draining the backlog",
+                    worker, queues=self.queues, names=self.task_names, count=n * k, what="ours"
                 )
-                results[side] = ledger_drain(
-                    drained, Delivery.objects.filter(pk__gt=before), n * k, "backlog"
-                )
+                ours = Delivery.objects.filter(pk__gt=before)
+                results[side] = ledger_drain(drained, ours, n * k, "backlog")
             else:
                 results[side] = drain(
-                    self.real,
-                    queues=self.naive_queues,
-                    names=self.naive_names,
-                    count=n * k,
-                    what="draining the naive backlog",
-                    unit="tasks",
+                    worker, queues=queues, names=names, count=n * k, what=side, unit="tasks"
                 )
-        return results["ours"], results["naive"]
-
-    def backlog_noop(self, ours_first: bool) -> tuple[Drain, Drain]:
-        """No-op handlers through the pipeline against bare no-op tasks, both as backlogs."""
-        from events.models import Delivery
-
-        n, k = self.args.events, len(self.consumers)
-        before = self.last_delivery_pk()
-        for _ in range(n):
-            self.upload("events")
-        self.publish_bare(n * k)
-        results: dict[str, Drain] = {}
-        for side in ("ours", "bare") if ours_first else ("bare", "ours"):
-            if side == "ours":
-                drained = drain(
-                    self.noop,
-                    queues=self.queues,
-                    names=self.task_names,
-                    count=n * k,
-                    what="draining no-op deliveries",
-                )
-                results[side] = ledger_drain(
-                    drained, Delivery.objects.filter(pk__gt=before), n * k, "no-op backlog"
-                )
-            else:
-                results[side] = drain(
-                    self.noop,
-                    queues=self.bare_queues,
-                    names={"bench.noop"},
-                    count=n * k,
-                    what="draining bare tasks",
-                    unit="tasks",
-                )
-        return results["ours"], results["bare"]
+        return results["ours"], results[baseline]
 
     def end_to_end(self, mode: str) -> Drain:
         """N uploads while the consumers run, timed from the first upload to the last task."""
@@ -678,8 +646,8 @@ class Bench:
         for round_ in range(self.args.rounds):
             # Alternate which side goes first, so a drift in machine load hits both.
             ours_first = round_ % 2 == 0
-            backlog.append(self.backlog_real(ours_first))
-            noop.append(self.backlog_noop(ours_first))
+            backlog.append(self.backlog_pair("naive", ours_first=ours_first))
+            noop.append(self.backlog_pair("bare", ours_first=ours_first))
             modes = ("events", "naive") if ours_first else ("naive", "events")
             runs = {mode: self.end_to_end(mode) for mode in modes}
             e2e.append((runs["events"], runs["naive"]))
