@@ -281,6 +281,9 @@ class Bench:
         self.env = env
         self.workdir = workdir
         self.consumers = [c for c in all_consumers() if FILE_UPLOADED in c.handlers]
+        names = [c.name for c in self.consumers]
+        if args.rss_consumer and args.rss_consumer not in names:
+            raise SystemExit(f"--rss-consumer: {args.rss_consumer!r} is not one of {names}")
         self.owner, _ = User.objects.get_or_create(
             username="bench", defaults={"email": "bench@example.com"}
         )
@@ -704,11 +707,10 @@ class Bench:
     def measure_replay_memory(self, inline_rates: dict[str, float]) -> None:
         """Peak RSS of inline replays of a small and a large bulk of events."""
         args = self.args
-        consumer = next(
-            (c for c in self.consumers if c.name == args.rss_consumer),
-            # The fastest inline consumer keeps the large replay shortest.
-            max(self.consumers, key=lambda c: inline_rates[c.name]),
-        )
+        # By default the fastest inline consumer, which keeps the large replay shortest.
+        consumer = max(self.consumers, key=lambda c: inline_rates[c.name])
+        if args.rss_consumer:
+            consumer = next(c for c in self.consumers if c.name == args.rss_consumer)
         peaks = {}
         for count in (args.rss_small, args.rss_large):
             rate, wall, peaks[count] = self.inline_replay(consumer, count)
@@ -804,13 +806,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep the scratch SQLite database and media (logs are always kept)",
     )
     args = parser.parse_args(argv)
-    for name in ("events", "rounds", "concurrency", "rss_small", "rss_large"):
-        if getattr(args, name) < 2 and name not in ("rounds", "concurrency"):
-            parser.error(f"--{name.replace('_', '-')} must be at least 2")
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     args.latency_uploads = args.latency_uploads or args.events
     args.replay_events = args.replay_events or args.events
+    # Rates and quantiles need two samples at least.
+    minimums = {"events": 2, "rounds": 1, "concurrency": 1, "rss_small": 2, "rss_large": 2}
+    minimums |= {"latency_uploads": 2, "replay_events": 2}
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be at least {minimum}")
     return args
 
 
