@@ -52,3 +52,34 @@ def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_pa
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: ")
+
+
+def test_bin_manage_runs_next_to_bin_start_without_exporting_a_secret_key(tmp_path):
+    # bin/start makes var/secret-key for its own processes; the README's commands in a
+    # second terminal have debug off and would otherwise refuse to start.
+    key_file = ROOT / "var" / "secret-key"
+    made_here = not key_file.exists()
+    if made_here:
+        key_file.parent.mkdir(exist_ok=True)
+        key_file.write_text("a-test-only-key-" + "x" * 40 + "\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "DJANGO_SETTINGS_MODULE": "config.settings.base",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    try:
+        result = subprocess.run(
+            [str(ROOT / "bin" / "manage"), "check"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        if made_here:
+            key_file.unlink()
+
+    assert result.returncode == 0, result.stderr
+    assert "refusing to start" not in result.stderr
