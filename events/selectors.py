@@ -15,8 +15,10 @@ from events.registry import all_consumers
 def pipeline_status() -> dict[str, Any]:
     """The figures of ``event_status --json``: events, and per consumer its ledger states.
 
-    ``oldest_pending_seconds`` is the age of the oldest delivery still waiting (pending
-    or retrying), or ``None`` when nothing waits.
+    The public states are done, pending, retrying and dead: a ``running`` delivery (an
+    attempt holds its lease) counts as pending, as it is not done yet.
+    ``oldest_pending_seconds`` is the age of the oldest delivery not finished yet, or
+    ``None`` when nothing waits.
     """
     now = timezone.now()
     per_state = {
@@ -37,6 +39,7 @@ def pipeline_status() -> dict[str, Any]:
         figures: dict[str, Any] = {
             state: per_state.get((name, state), 0) for state in Delivery.State.values
         }
+        figures["pending"] += figures.pop(Delivery.State.RUNNING)
         figures = {key: figures[key] for key in ("done", "pending", "retrying", "dead")}
         oldest_at = oldest.get(name)
         figures["oldest_pending_seconds"] = (

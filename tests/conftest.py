@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,46 @@ def _worker_quiet_before_flush(request: pytest.FixtureRequest) -> Iterator[None]
         Delivery.objects.filter(state__in=Delivery.OPEN_STATES, enqueued_at__isnull=False).exists()
     ):
         time.sleep(0.1)
+
+
+class RelayLoop:
+    """``relay_outbox`` every ``interval`` seconds in a thread, as beat runs it in production."""
+
+    def __init__(self, interval: float = 0.3) -> None:
+        self.interval = interval
+        self.passes = 0
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay-loop", daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        from events.relay import relay_outbox
+
+        try:
+            while not self._stop.is_set():
+                self.published += relay_outbox().published
+                self.passes += 1
+                self._stop.wait(self.interval)
+        finally:
+            connection.close()
+
+    def start(self) -> RelayLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.fixture
+def running_relay(live_worker: CeleryWorker) -> Iterator[RelayLoop]:
+    """The relay running in the background of a test with a live worker."""
+    loop = RelayLoop().start()
+    yield loop
+    loop.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 
 from events.models import Delivery, Event
-from events.services import record_event
+from events.outbox import record_event
 from tests.probe.handlers import PROBE_EVENT
 from uploads.models import Upload
 from uploads.services import create_upload

@@ -17,7 +17,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from events.services import record_event
+from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadRejected
 from uploads.models import Upload

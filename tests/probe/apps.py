@@ -14,18 +14,18 @@ class ProbeConfig(AppConfig):
         from events.schemas import EventSchema, schemas
         from tests.probe import handlers
 
-        schemas.declare(
-            EventSchema(
-                type=handlers.PROBE_EVENT,
-                version=1,
-                fields={"key": str},
-                optional={
-                    "transient_failures": dict,
-                    "permanent_failures": list,
-                    "sleep_seconds": dict,
-                },
+        instructions = {
+            "transient_failures": dict,
+            "permanent_failures": list,
+            "sleep_seconds": dict,
+            "crash_attempts": dict,
+            "hang_attempts": dict,
+            "swallow_soft_limit": list,
+        }
+        for event_type in (handlers.PROBE_EVENT, handlers.FAULT_EVENT):
+            schemas.declare(
+                EventSchema(type=event_type, version=1, fields={"key": str}, optional=instructions)
             )
-        )
         connection_created.connect(handlers.count_connection)
         for name in ("probe", "probe_peer"):
             register_consumer(
@@ -38,3 +38,14 @@ class ProbeConfig(AppConfig):
                     soft_time_limit=4,
                 )
             )
+        # Short limits, so hangs and crashes use up their attempts in a few seconds.
+        register_consumer(
+            Consumer(
+                name="probe_fault",
+                queue="probe",
+                handlers={handlers.FAULT_EVENT: handlers.make_handler("probe_fault")},
+                max_attempts=3,
+                time_limit=2,
+                soft_time_limit=1,
+            )
+        )
