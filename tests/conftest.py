@@ -134,6 +134,8 @@ class RelayLoop:
         return self
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         self._stop.set()
         self._thread.join(timeout=30)
 

@@ -11,7 +11,7 @@ from django.db import transaction
 
 from events.models import Delivery, Event
 from events.outbox import record_event
-from tests.probe.handlers import PROBE_EVENT
+from tests.probe.handlers import FAULT_EVENT, PROBE_EVENT
 from uploads.models import Upload
 from uploads.services import create_upload
 
@@ -26,6 +26,13 @@ def publish_probe(**instructions: Any) -> Event:
     payload = {"key": uuid.uuid4().hex, **instructions}
     with transaction.atomic():
         return record_event(event_type=PROBE_EVENT, aggregate_id="probe", payload=payload)
+
+
+def publish_fault(**instructions: Any) -> Event:
+    """Publish a ``test.fault`` event for the ``probe_fault`` consumer (2 s limit, 3 tries)."""
+    payload = {"key": uuid.uuid4().hex, **instructions}
+    with transaction.atomic():
+        return record_event(event_type=FAULT_EVENT, aggregate_id="fault", payload=payload)
 
 
 def states(event: Event) -> dict[str, str]:

@@ -184,7 +184,13 @@ class CeleryWorker:
 
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"worker exited; see {self.log_path}")
-        replies = current_app.control.ping(destination=[self.hostname], timeout=0.5)
+        from kombu.exceptions import KombuError
+        from redis.exceptions import RedisError
+
+        try:
+            replies = current_app.control.ping(destination=[self.hostname], timeout=0.5)
+        except (OSError, KombuError, RedisError):
+            return False  # a pooled connection to a Redis that restarted: the next try reconnects
         return bool(replies)
 
     @property

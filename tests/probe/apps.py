@@ -21,6 +21,7 @@ class ProbeConfig(AppConfig):
             "crash_attempts": dict,
             "hang_attempts": dict,
             "swallow_soft_limit": list,
+            "pause_after_effect": dict,
         }
         for event_type in (handlers.PROBE_EVENT, handlers.FAULT_EVENT):
             schemas.declare(

@@ -8,7 +8,9 @@ The payload's instructions, each keyed by consumer name:
 * ``crash_attempts``: on the first N attempts, kill the process (``os._exit``) after the
   effect was written and before it commits, as an out-of-memory kill or a segfault would;
 * ``hang_attempts``: on the first N attempts, sleep past the hard time limit;
-* ``swallow_soft_limit`` (a list): catch the soft time limit and keep hanging.
+* ``swallow_soft_limit`` (a list): catch the soft time limit and keep hanging;
+* ``pause_after_effect``: after writing the effect and before it commits, create the
+  effect marker and sleep that long, so a test can kill the worker right there.
 
 Every attempt appends a line to an attempts file outside the database, so a test can
 count attempts that died before they could record anything.
@@ -59,6 +61,11 @@ def started_marker(key: str, consumer: str) -> Path:
     return probe_dir() / f"{key}.{consumer}.started"
 
 
+def effect_marker(key: str, consumer: str) -> Path:
+    """Created once the effect is written and not yet committed (``pause_after_effect``)."""
+    return probe_dir() / f"{key}.{consumer}.effect"
+
+
 def attempts_file(key: str, consumer: str) -> Path:
     """One line per attempt that reached the handler, written before anything can fail."""
     return probe_dir() / f"{key}.{consumer}.attempts"
@@ -94,6 +101,10 @@ def make_handler(consumer: str) -> TwoStepHandler:
         ProbeEffect.objects.create(consumer=consumer, event_id=envelope.id)
         if attempt <= _for(payload, "crash_attempts", consumer, 0):
             os._exit(1)  # the effect is written but not committed: it must roll back
+        pause = _for(payload, "pause_after_effect", consumer, 0)
+        if pause:
+            effect_marker(payload["key"], consumer).touch()
+            time.sleep(pause)
         connection_marker(payload["key"], consumer).write_text(
             f"{os.getpid()} {connections_opened}"
         )
