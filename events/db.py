@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from django.db import connection
 from django.db.models import Model, QuerySet
 
 M = TypeVar("M", bound=Model)
@@ -22,3 +23,44 @@ def one_or_none(queryset: QuerySet[M]) -> M | None:
             f"one_or_none matched {len(rows)} {queryset.model._meta.verbose_name_plural}"
         )
     return rows[0] if rows else None
+
+
+def now_sql() -> str:
+    """The database's clock in SQL, as Django's ``Now()`` writes it for this database."""
+    if connection.vendor == "postgresql":
+        return "STATEMENT_TIMESTAMP()"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')"
+
+
+def now_plus_seconds_sql() -> str:
+    """The database's clock plus a ``%s`` parameter of seconds, in SQL."""
+    if connection.vendor == "postgresql":
+        return "(STATEMENT_TIMESTAMP() + make_interval(secs => %s))"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '+' || %s || ' seconds')"
+
+
+def fetch_instance(model: type[M], pk: object) -> M | None:
+    """The row of ``model`` with primary key ``pk``, read with one bare ``SELECT``.
+
+    What ``model.objects.get(pk=pk)`` returns, without building a queryset: on the
+    delivery path that costs more than the query itself. Values pass through the same
+    converters the ORM applies (UUIDs, datetimes, JSON).
+    """
+    fields = model._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    table = connection.ops.quote_name(model._meta.db_table)
+    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {table} WHERE {pk_column} = %s", [pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = []
+    for field, value in zip(fields, row, strict=True):
+        column = field.get_col(model._meta.db_table)
+        for convert in connection.ops.get_db_converters(column) + field.get_db_converters(
+            connection
+        ):
+            value = convert(value, column, connection)
+        values.append(value)
+    return model.from_db(connection.alias, [field.attname for field in fields], values)
