@@ -6,8 +6,9 @@ Runs, side by side over fresh pending deliveries of a no-op consumer, three vers
 the two ledger steps a worker takes per delivery, claim and finish (the fail step costs
 the same as finish and runs only on errors): ``engine``, ``events.delivery`` as shipped;
 ``orm``, the same statements through Django querysets (the engine's first version); and
-``sql``, the bare statements by hand (``UPDATE … RETURNING`` claim and an event read; a
-fenced ``UPDATE`` and the attempt ``INSERT``). Prints microseconds per delivery for each
+``sql``, the engine's own statements alone (``UPDATE … RETURNING`` claim and an event read;
+the fenced ``UPDATE`` and the attempt ``INSERT``), without building the event, envelope
+and handler call around them. Prints microseconds per delivery for each
 step. No broker is involved:
 this is the database work a worker does per delivery, the part the engine controls.
 
@@ -209,22 +210,17 @@ def orm_finish(consumer) -> Callable[[tuple], None]:
 def sql_claim(consumer) -> Callable[[int], tuple]:
     from django.db import connection
 
-    from events.delivery import lease_seconds
+    from events.db import now_plus_seconds_sql, now_sql
+    from events.delivery import CLAIM_SQL, lease_seconds
 
-    now, lease = _now_sql(connection.vendor, lease_seconds(consumer))
-    claim_sql = f"""
-        UPDATE events_delivery
-           SET state = 'running', attempts = attempts + 1, lease_expires_at = {lease},
-               retry_at = NULL, task_id = %s, updated_at = {now}
-         WHERE id = %s
-           AND (state IN ('pending', 'retrying')
-                OR (state = 'running' AND lease_expires_at < {now} AND attempts < %s))
-     RETURNING attempts, event_id"""
+    claim_sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
     event_sql = "SELECT type, version, payload FROM events_event WHERE id = %s"
 
     def claim(delivery_id: int) -> tuple:
         with connection.cursor() as cursor:
-            cursor.execute(claim_sql, ["bench", delivery_id, consumer.max_attempts])
+            cursor.execute(
+                claim_sql, [lease_seconds(consumer), "bench", delivery_id, consumer.max_attempts]
+            )
             attempts, event_id = cursor.fetchone()
             cursor.execute(event_sql, [event_id])
             cursor.fetchone()
@@ -237,17 +233,12 @@ def sql_finish(consumer) -> Callable[[tuple], None]:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    now, _ = _now_sql(connection.vendor, 0)
-    finish_sql = f"""
-        UPDATE events_delivery
-           SET state = 'done', completed_at = {now}, lease_expires_at = NULL,
-               retry_at = NULL, last_error = '', updated_at = {now}
-         WHERE id = %s AND state = 'running' AND attempts = %s"""
-    attempt_sql = """
-        INSERT INTO events_deliveryattempt
-               (delivery_id, number, task_id, worker, started_at, finished_at, outcome, error)
-        VALUES (%s, %s, 'bench', 'bench', %s, %s, 'done', '')"""
+    from events.db import now_sql
+    from events.delivery import ATTEMPT_SQL, FINISH_SQL
+
+    finish_sql = FINISH_SQL.format(now=now_sql())
     handler = consumer.handlers["file.deleted"]
+    adapt = connection.ops.adapt_datetimefield_value
 
     def finish(held: tuple) -> None:
         delivery_id, attempt, _ = held
@@ -255,17 +246,12 @@ def sql_finish(consumer) -> Callable[[tuple], None]:
             handler(None)
             cursor.execute(finish_sql, [delivery_id, attempt])
             assert cursor.rowcount == 1
-            stamp = timezone.now()
-            cursor.execute(attempt_sql, [delivery_id, attempt, stamp, stamp])
+            stamp = adapt(timezone.now())
+            cursor.execute(
+                ATTEMPT_SQL, [delivery_id, attempt, "bench", "bench", stamp, stamp, "done", ""]
+            )
 
     return finish
-
-
-def _now_sql(vendor: str, lease: float) -> tuple[str, str]:
-    if vendor == "postgresql":
-        return "STATEMENT_TIMESTAMP()", f"STATEMENT_TIMESTAMP() + interval '{lease:g} seconds'"
-    now = "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW')"
-    return now, f"STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '+{lease:g} seconds')"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 from django.db import connection
@@ -46,21 +47,37 @@ def fetch_instance(model: type[M], pk: object) -> M | None:
     delivery path that costs more than the query itself. Values pass through the same
     converters the ORM applies (UUIDs, datetimes, JSON).
     """
-    fields = model._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    table = connection.ops.quote_name(model._meta.db_table)
-    pk_column = connection.ops.quote_name(model._meta.pk.column)
+    sql, attnames, converters = _select_by_pk(model, connection.alias)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {table} WHERE {pk_column} = %s", [pk])
+        cursor.execute(sql, [pk])
         row = cursor.fetchone()
     if row is None:
         return None
     values = []
-    for field, value in zip(fields, row, strict=True):
-        column = field.get_col(model._meta.db_table)
-        for convert in connection.ops.get_db_converters(column) + field.get_db_converters(
-            connection
-        ):
+    for value, (column, field_converters) in zip(row, converters, strict=True):
+        for convert in field_converters:
             value = convert(value, column, connection)
         values.append(value)
-    return model.from_db(connection.alias, [field.attname for field in fields], values)
+    return model.from_db(connection.alias, attnames, values)
+
+
+@functools.cache
+def _select_by_pk(model: type[Model], alias: str) -> tuple[str, list[str], list[tuple]]:
+    """The SELECT, field names and per-column converters of ``model``, built once."""
+    fields = model._meta.concrete_fields
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    sql = (
+        f"SELECT {columns} FROM {quote(model._meta.db_table)} "
+        f"WHERE {quote(model._meta.pk.column)} = %s"
+    )
+    converters = []
+    for field in fields:
+        column = field.get_col(model._meta.db_table)
+        converters.append(
+            (
+                column,
+                connection.ops.get_db_converters(column) + field.get_db_converters(connection),
+            )
+        )
+    return sql, [field.attname for field in fields], converters

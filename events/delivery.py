@@ -114,7 +114,7 @@ def run_delivery(
 
 # The two statements every delivery runs, by hand: through querysets they cost several
 # times as much to build as to run (bench/ledger_cost.py measures both).
-_CLAIM = """
+CLAIM_SQL = """
     UPDATE events_delivery
        SET state = 'running', attempts = attempts + 1, lease_expires_at = {lease},
            retry_at = NULL, task_id = %s, updated_at = {now}
@@ -122,7 +122,7 @@ _CLAIM = """
        AND (state IN ('pending', 'retrying')
             OR (state = 'running' AND lease_expires_at < {now} AND attempts < %s))
  RETURNING attempts, event_id"""
-_FINISH = """
+FINISH_SQL = """
     UPDATE events_delivery
        SET state = 'done', completed_at = {now}, lease_expires_at = NULL, retry_at = NULL,
            last_error = '', updated_at = {now}
@@ -139,7 +139,7 @@ def claim_delivery(
     used up); a running one only once its lease expired and attempts remain.
     """
     started_at = timezone.now()
-    sql = _CLAIM.format(now=now_sql(), lease=now_plus_seconds_sql())
+    sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
     with connection.cursor() as cursor:
         cursor.execute(sql, [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts])
         row = cursor.fetchone()
@@ -216,7 +216,7 @@ def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> Non
         else:
             handler(envelope)
         with connection.cursor() as cursor:
-            cursor.execute(_FINISH.format(now=now_sql()), [claim.delivery.pk, claim.attempt])
+            cursor.execute(FINISH_SQL.format(now=now_sql()), [claim.delivery.pk, claim.attempt])
             if cursor.rowcount != 1:
                 raise LeaseLost(_lease_lost(claim))
         _record_attempt(claim, DeliveryAttempt.Outcome.DONE, task_id, worker)
@@ -355,7 +355,7 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:2000]
 
 
-_ATTEMPT = """
+ATTEMPT_SQL = """
     INSERT INTO events_deliveryattempt
            (delivery_id, number, task_id, worker, started_at, finished_at, outcome, error)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
@@ -366,7 +366,7 @@ def _record_attempt(claim: Claim, outcome: str, task_id: str, worker: str, error
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         cursor.execute(
-            _ATTEMPT,
+            ATTEMPT_SQL,
             [
                 claim.delivery.pk,
                 claim.attempt,

@@ -139,13 +139,18 @@ class RelayLoop:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def __enter__(self) -> RelayLoop:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 @pytest.fixture
 def running_relay(live_worker: CeleryWorker) -> Iterator[RelayLoop]:
     """The relay running in the background of a test with a live worker."""
-    loop = RelayLoop().start()
-    yield loop
-    loop.stop()
+    with RelayLoop() as loop:
+        yield loop
 
 
 @pytest.fixture

@@ -198,10 +198,14 @@ class CeleryWorker:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """Warm shutdown: finish running tasks, then exit."""
+        """Warm shutdown: finish running tasks, then exit.
+
+        SIGTERM goes to the main process only, as ``docker stop`` sends it: sent to the
+        whole group it would kill the pool processes mid-task (a cold stop).
+        """
         if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -155,8 +155,7 @@ def test_deliveries_waiting_for_stopped_workers_are_never_published_twice(
     live_worker.stop()
     events = [publish_fault() for _ in range(100)]
     ids = set(Delivery.objects.filter(event__in=events).values_list("pk", flat=True))
-    relay = RelayLoop().start()
-    try:
+    with RelayLoop() as relay:
         # Longer than the old relay's stale window in these settings (6 s), which
         # published every waiting delivery again each window.
         time.sleep(7)
@@ -167,8 +166,6 @@ def test_deliveries_waiting_for_stopped_workers_are_never_published_twice(
 
         live_worker.start()
         wait_for(lambda: all_done(events), timeout=60, what="the backlog")
-    finally:
-        relay.stop()
     assert_each_done_once(events)
 
 
@@ -185,11 +182,8 @@ def test_redis_restarted_empty_with_workers_down_loses_nothing(
     assert queued_delivery_ids(redis_server) == Counter()
 
     live_worker.start()
-    relay = RelayLoop().start()
-    try:
+    with RelayLoop() as relay:
         wait_for(lambda: all_done(events), timeout=60, what="the lost messages")
-    finally:
-        relay.stop()
     assert_each_done_once(events)
     assert relay.published == 50
 
@@ -245,11 +239,8 @@ def test_an_orphan_before_fifty_unsent_deliveries_goes_dead_and_the_fifty_are_de
         orphan = publish_fault()
         Delivery.objects.filter(event=orphan).update(consumer="retired")
         events = [publish_fault() for _ in range(50)]
-    relay = RelayLoop().start()
-    try:
+    with RelayLoop():
         wait_for(lambda: all_done(events), timeout=60, what="the fifty")
-    finally:
-        relay.stop()
     assert_each_done_once(events)
     dead = Delivery.objects.get(event=orphan)
     assert (dead.state, dead.last_error) == ("dead", "consumer no longer registered")
@@ -272,11 +263,8 @@ def test_a_failing_on_commit_publish_keeps_the_upload_its_file_and_its_response(
     assert (Path(settings.MEDIA_ROOT) / upload.file.name).read_bytes() == b"kept after commit"
     # The relay publishes what the failed publish left, and every consumer runs once.
     event = Event.objects.get(aggregate_id=str(upload.pk))
-    relay = RelayLoop().start()
-    try:
+    with RelayLoop():
         assert set(wait_for(lambda: settled(event), what="relayed").values()) == {"done"}
-    finally:
-        relay.stop()
     assert Notification.objects.filter(event_id=event.id).count() == 1
     assert AuditEntry.objects.filter(event_id=event.id).count() == 1
     assert IndexEntry.objects.filter(upload_id=upload.pk).count() == 1
