@@ -29,7 +29,7 @@ from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
 from indexing.models import IndexEntry
 from notifications.models import Notification
-from tests.conftest import RelayLoop
+from tests.conftest import BeatLoop, RelayLoop
 from tests.factories import publish_fault, publish_probe, settled
 from tests.probe.handlers import attempts_seen, effect_marker
 from tests.probe.models import ProbeEffect
@@ -188,6 +188,42 @@ def test_redis_restarted_empty_with_workers_down_loses_nothing(
     assert relay.published == 50
 
 
+@pytest.fixture(scope="module")
+def events_worker(redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path):
+    """A worker on the ``events`` queue alone, where beat's relay task runs in production."""
+    from django.conf import settings
+
+    worker = CeleryWorker(
+        broker_url=redis_server.url,
+        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
+        queues="events",
+        log_path=artifacts_dir / "worker-events.log",
+    )
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.mark.parametrize("run", REPEAT)
+def test_redis_restarted_empty_with_consumers_down_and_the_relay_in_its_worker_loses_nothing(
+    live_worker: CeleryWorker, events_worker: CeleryWorker, redis_server: RedisServer, run: int
+):
+    # As the stack runs: beat sends the relay task to the events worker, which stays up
+    # through the restart; the consumer workers are down while Redis loses everything.
+    live_worker.stop()
+    if not events_worker.running:
+        events_worker.start()
+    events = [publish_fault() for _ in range(50)]
+    redis_server.stop()
+    redis_server.start()
+
+    with BeatLoop(interval=1.0) as beat:
+        wait_for(lambda: beat.passes >= 3, what="a few relay ticks before the consumers start")
+        live_worker.start()
+        wait_for(lambda: all_done(events), timeout=60, what="the lost messages")
+    assert_each_done_once(events)
+
+
 def control(command: str, worker: CeleryWorker, queue: str) -> bool:
     """Send a control command and wait for the reply; ``False`` if the broker failed."""
     from kombu.exceptions import KombuError
@@ -203,13 +239,16 @@ def control(command: str, worker: CeleryWorker, queue: str) -> bool:
 
 
 @pytest.mark.parametrize("run", REPEAT)
+@pytest.mark.parametrize("relay_kind", [RelayLoop, BeatLoop], ids=["relay", "beat"])
 def test_redis_restarted_empty_under_running_workers_loses_nothing(
-    live_worker: CeleryWorker, redis_server: RedisServer, run: int
+    live_worker: CeleryWorker, redis_server: RedisServer, run: int, relay_kind: type[RelayLoop]
 ):
     # The worker stays up through the restart and reconnects by itself; it just does not
-    # take from the probe queue while the 50 messages are published.
+    # take from the probe queue while the 50 messages are published. With "beat" the
+    # relay runs as in production, a task in that worker's pool process, whose pooled
+    # broker connections also went through the restart.
     assert control("cancel_consumer", live_worker, "probe")
-    relay = RelayLoop()
+    relay = relay_kind()
     try:
         events = [publish_fault() for _ in range(50)]
         redis_server.stop()
