@@ -15,7 +15,7 @@ from celery import current_app
 from django.db import connection
 from django.utils import timezone
 
-from events.delivery import run_delivery
+from events.delivery import LeaseLost, run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
 from events.relay import relay_outbox
@@ -107,6 +107,55 @@ def test_a_duplicate_message_while_the_lease_is_held_runs_nothing():
     assert outcome.outcome == "skipped"
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempts) == ("running", 1)
+
+
+def test_an_attempt_whose_lease_was_taken_over_cannot_finish_and_its_writes_roll_back():
+    from events.delivery import claim_delivery, finish_delivery
+    from events.registry import get_consumer
+    from tests.probe.models import ProbeEffect
+
+    delivery = probe_delivery()
+    consumer = get_consumer("probe")
+    first = claim_delivery(delivery_id=delivery.pk, consumer=consumer, task_id="first")
+    # Its lease expires (the attempt looked dead) and a second attempt takes over.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    second = claim_delivery(delivery_id=delivery.pk, consumer=consumer, task_id="second")
+    assert (first.attempt, second.attempt) == (1, 2)
+
+    with pytest.raises(LeaseLost):
+        finish_delivery(first)
+
+    assert not ProbeEffect.objects.filter(event_id=delivery.event_id).exists()
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.task_id) == ("running", 2, "second")
+    finish_delivery(second)
+    assert ProbeEffect.objects.filter(event_id=delivery.event_id).count() == 1
+    assert Delivery.objects.get(pk=delivery.pk).state == "done"
+
+
+def test_a_retry_whose_publish_failed_is_relayed_once_it_is_due(sent_tasks):
+    delivery = probe_delivery(transient_failures={"probe": 1})
+    with mock.patch.object(current_app, "send_task", side_effect=OSError("broker down")):
+        outcome = run_delivery(delivery_id=delivery.pk)
+        # The task publishes the retry; the broker is down, so nothing confirms it.
+        publish_deliveries_now([outcome.delivery], countdown=outcome.countdown)
+    assert outcome.outcome == "retry"
+    Delivery.objects.update(created_at=timezone.now() - LONG_AGO)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        retry_at=timezone.now() + dt.timedelta(minutes=1)
+    )
+    relay_outbox()
+    assert delivery.pk not in published_delivery_ids(sent_tasks)  # not due yet
+
+    # Due, and the grace after the failed send passed: the relay sends it, once.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        retry_at=timezone.now() - dt.timedelta(seconds=1), enqueued_at=timezone.now() - LONG_AGO
+    )
+    relay_outbox()
+    relay_outbox()
+    assert published_delivery_ids(sent_tasks).count(delivery.pk) == 1
 
 
 def delivery_handlers(consumer: str) -> dict:
