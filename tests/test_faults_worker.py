@@ -65,6 +65,18 @@ def queued_delivery_ids(server: RedisServer, queue: str = "probe") -> Counter[in
         client.close()
 
 
+def another_worker(server: RedisServer, queues: str, log_path: Path) -> CeleryWorker:
+    """A worker besides the session's, on ``queues``, against the test database."""
+    from django.conf import settings
+
+    return CeleryWorker(
+        broker_url=server.url,
+        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
+        queues=queues,
+        log_path=log_path,
+    )
+
+
 def assert_each_done_once(events: list[Event]) -> None:
     """Every delivery done after one attempt, with one effect: nothing ran twice."""
     deliveries = Delivery.objects.filter(event__in=events, consumer="probe_fault")
@@ -191,14 +203,7 @@ def test_redis_restarted_empty_with_workers_down_loses_nothing(
 @pytest.fixture(scope="module")
 def events_worker(redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path):
     """A worker on the ``events`` queue alone, where beat's relay task runs in production."""
-    from django.conf import settings
-
-    worker = CeleryWorker(
-        broker_url=redis_server.url,
-        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
-        queues="events",
-        log_path=artifacts_dir / "worker-events.log",
-    )
+    worker = another_worker(redis_server, "events", artifacts_dir / "worker-events.log")
     worker.start()
     yield worker
     worker.stop()
@@ -310,14 +315,9 @@ def test_a_failing_on_commit_publish_keeps_the_upload_its_file_and_its_response(
 
 
 def test_two_relays_and_two_worker_pools_publish_and_run_each_delivery_once(
-    live_worker: CeleryWorker, redis_server: RedisServer, artifacts_dir: Path, settings
+    live_worker: CeleryWorker, redis_server: RedisServer, artifacts_dir: Path
 ):
-    second = CeleryWorker(
-        broker_url=redis_server.url,
-        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
-        queues="probe",
-        log_path=artifacts_dir / "worker-second-pool.log",
-    )
+    second = another_worker(redis_server, "probe", artifacts_dir / "worker-second-pool.log")
     second.start()
     with mock.patch("events.outbox.publish_committed"):  # left to the relays
         events = [publish_fault() for _ in range(100)]
