@@ -40,7 +40,7 @@ class DeliveryConfig:
 
     visibility_timeout: float
     retry_backoff_max: float
-    stale_after: float
+    lease_margin: float
     default_time_limit: float | None
     consumer_time_limits: Mapping[str, float | None]
     acks_late: bool
@@ -49,7 +49,6 @@ class DeliveryConfig:
     serializers: Mapping[str, str] = field(default_factory=dict)
     accept_content: Sequence[str] = ("json",)
     result_accept_content: Sequence[str] | None = None
-    allow_stale_below_time_limit: bool = False
 
 
 def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
@@ -122,30 +121,15 @@ def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
             )
         )
 
-    # The relay republishes a delivery enqueued longer ago than the stale window. Below
-    # a consumer's time limit it would republish tasks that are still running; above
-    # the visibility timeout Redis redelivers first and the relay adds nothing.
-    consumer_limits = {
-        name: limit for name, limit in limits.items() if name in config.consumer_time_limits
-    }
-    if consumer_limits and not config.allow_stale_below_time_limit:
-        slowest_name, slowest = _longest(consumer_limits, None)
-        if config.stale_after <= slowest:
-            problems.append(
-                Problem(
-                    "events.E005",
-                    f"EVENTS_STALE_AFTER_SECONDS ({_s(config.stale_after)}) must be above every "
-                    f"consumer task time limit ({_s(slowest)}, {slowest_name}): the relay would "
-                    "publish deliveries again while their first task still runs",
-                )
-            )
-    if config.stale_after >= config.visibility_timeout:
+    # A claim's lease ends at the hard time limit plus this margin. Without a margin the
+    # relay could send a delivery again while the pool still tears the killed attempt
+    # down, and a second attempt would overlap the first.
+    if config.lease_margin <= 0:
         problems.append(
             Problem(
-                "events.E006",
-                f"EVENTS_STALE_AFTER_SECONDS ({_s(config.stale_after)}) must be below the broker "
-                f"visibility timeout ({_s(config.visibility_timeout)}): the relay exists to "
-                "republish what a killed worker left behind sooner than Redis would",
+                "events.E005",
+                f"EVENTS_LEASE_MARGIN_SECONDS ({_s(config.lease_margin)}) must be positive: a "
+                "lease must outlast the hard time limit of the attempt that holds it",
             )
         )
     return problems
@@ -174,7 +158,7 @@ def current_delivery_config(app: Any = None) -> DeliveryConfig:
         # kombu's Redis transport default, when the option is not set.
         visibility_timeout=float(transport_options.get("visibility_timeout", 3600)),
         retry_backoff_max=float(settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS),
-        stale_after=float(settings.EVENTS_STALE_AFTER_SECONDS),
+        lease_margin=float(settings.EVENTS_LEASE_MARGIN_SECONDS),
         default_time_limit=conf.task_time_limit,
         consumer_time_limits={c.task_name: c.time_limit for c in consumers},
         acks_late=bool(conf.task_acks_late),
@@ -187,9 +171,6 @@ def current_delivery_config(app: Any = None) -> DeliveryConfig:
         },
         accept_content=tuple(conf.accept_content or ()),
         result_accept_content=tuple(conf.result_accept_content or ()) or None,
-        allow_stale_below_time_limit=getattr(
-            settings, "EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT", False
-        ),
     )
 
 

@@ -6,6 +6,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from events.schemas import Envelope
 
@@ -49,26 +50,44 @@ class Delivery(models.Model):
 
     class State(models.TextChoices):
         PENDING = "pending", "pending"
+        RUNNING = "running", "running"
         RETRYING = "retrying", "retrying"
         DONE = "done", "done"
         DEAD = "dead", "dead"
 
-    OPEN_STATES = (State.PENDING, State.RETRYING)
+    # Not finished yet. RUNNING is claimed by an attempt that holds a lease.
+    OPEN_STATES = (State.PENDING, State.RUNNING, State.RETRYING)
+    # Waiting for a message to run them: what a claim may take without a lease to expire.
+    WAITING_STATES = (State.PENDING, State.RETRYING)
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
     consumer = models.CharField(max_length=100)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Attempts started (counted when claimed); fences a late finisher."
+    )
     last_error = models.TextField(blank=True, default="")
     task_id = models.CharField(
         max_length=64, blank=True, default="", help_text="Last Celery task id."
     )
     enqueued_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a message for it was last put on the broker."
+        null=True, blank=True, help_text="When a message for it was last sent (database clock)."
+    )
+    broker_epoch = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="The broker epoch its last message was confirmed under; empty: none.",
+    )
+    lease_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="While running: when the attempt counts as dead (time limit plus margin).",
     )
     retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next retry is due.")
     completed_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # The database's clock: the relay compares it with Now(), never a host's clock.
+    created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -82,7 +101,7 @@ class Delivery(models.Model):
             models.Index(
                 fields=["state", "enqueued_at"],
                 name="delivery_open_idx",
-                condition=Q(state__in=["pending", "retrying"]),
+                condition=Q(state__in=["pending", "running", "retrying"]),
             ),
             models.Index(fields=["consumer", "state"], name="delivery_consumer_state_idx"),
         ]

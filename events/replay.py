@@ -1,7 +1,7 @@
 """Replaying stored events to consumers: select, reset, re-deliver, in bounded chunks.
 
 Used by ``replay_events`` and by the two delivery actions in admin. It only writes the
-ledger and calls the public delivery functions of ``events.services``
+ledger and calls the public delivery functions of ``events.outbox`` and ``events.delivery``
 (``publish_deliveries_now`` and ``run_delivery``), so a replayed delivery takes the very
 path a fresh one takes: the ledger lock, the dedupe on ``done``, retries and dead-lettering.
 
@@ -44,13 +44,16 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from events.delivery import run_delivery
 from events.models import Delivery, Event
+from events.outbox import publish_deliveries_now
 from events.progress import ProgressCallback
 from events.registry import Consumer, all_consumers, get_consumer
 from events.selectors import events_in_chunks
-from events.services import publish_deliveries_now, run_delivery
 
 DEFAULT_CHUNK_SIZE = 500
+# How long the relay leaves a chunk to ``--inline`` before publishing what is still open.
+INLINE_HOLD = dt.timedelta(minutes=5)
 
 # The fields of an event that replaying needs; the payload is read by the handler only.
 _EVENT_FIELDS = ("id", "type", "occurred_at", "correlation_id")
@@ -192,10 +195,10 @@ def replay_events(
     ``Mode.PUBLISH`` commits each chunk's ledger changes and publishes its deliveries
     on commit; if the broker is down they stay in the outbox for the relay.
     ``Mode.INLINE`` runs each delivery's handler in this process with
-    ``events.services.run_delivery`` (same lock, dedupe and ledger; no broker), for fast
-    backfills; deliveries it leaves retrying are claimed for ``EVENTS_STALE_AFTER_SECONDS``
-    and then relayed. ``Mode.DRY_RUN`` writes and publishes nothing and counts what the
-    other modes would do. ``on_progress`` receives the number of events read so far
+    ``events.delivery.run_delivery`` (same lock, dedupe and ledger; no broker), for fast
+    backfills; the relay leaves its chunk's deliveries to it for ``INLINE_HOLD`` and
+    publishes those it leaves retrying once their retry is due. ``Mode.DRY_RUN`` writes
+    and publishes nothing and counts what the other modes would do. ``on_progress`` receives the number of events read so far
     after each chunk.
     """
     if chunk_size < 1:
@@ -282,12 +285,13 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
     """Apply ``plan`` to the ledger inside the caller's transaction.
 
     In publish mode the deliveries are published when that transaction commits; in
-    inline mode they are returned, claimed (``enqueued_at`` now) so the relay leaves
-    them to this process until they go stale.
+    inline mode they are returned, marked sent (``enqueued_at``) so the relay leaves
+    them to this process for ``INLINE_HOLD``.
     """
     _count_plan(plan, report)
     now = timezone.now()
-    claimed_at = now if report.mode is Mode.INLINE else None
+    # Marked sent a while ahead, so the relay leaves them to this process meanwhile.
+    claimed_at = now + INLINE_HOLD if report.mode is Mode.INLINE else None
     to_deliver: list[Delivery] = []
 
     backfill = [
@@ -325,6 +329,8 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
             retry_at=None,
             completed_at=None,
             enqueued_at=claimed_at,
+            # Unconfirmed: if its publish fails, the relay sends it (events.relay).
+            broker_epoch="",
             updated_at=now,
         )
     resend_ids = [d.pk for a, _, _, d in plan if a is Action.RESEND and d]

@@ -1,22 +1,24 @@
-"""Thin Celery adapters: each loads nothing itself and calls a service."""
+"""Thin Celery adapters: each takes ids and calls a service."""
 
 from __future__ import annotations
 
 from celery import Task, shared_task
 from celery.utils.log import get_task_logger
 
-from events import services
+from events import delivery, outbox, relay
 from events.registry import Consumer
 
 logger = get_task_logger(__name__)
 
 
 def create_consumer_task(consumer: Consumer) -> Task:
-    """Create ``<consumer>.handle_event``: run one delivery, retry it on transient errors.
+    """Create ``<consumer>.handle_event``: run one delivery, publish its retry if it needs one.
 
     The arguments are ids only (``event_id`` and ``event_type`` are there for Flower);
-    the ledger, not Celery's retry counter, decides when attempts are exhausted, so a
-    relayed or replayed message keeps counting where the last one stopped.
+    the ledger, not Celery's retry counter, counts attempts (at the claim), so a relayed
+    or replayed message keeps counting where the last one stopped. A retry is a new
+    message with a countdown, published through the outbox so that the relay knows
+    whether it was sent.
     """
 
     @shared_task(
@@ -26,20 +28,18 @@ def create_consumer_task(consumer: Consumer) -> Task:
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
-        max_retries=None,
         time_limit=consumer.time_limit,
         soft_time_limit=consumer.soft_time_limit,
     )
     def handle_event(self: Task, delivery_id: int, event_id: str = "", event_type: str = "") -> str:
-        result = services.run_delivery(
+        result = delivery.run_delivery(
             delivery_id=delivery_id,
             consumer_name=consumer.name,
-            event_type=event_type or None,
             task_id=self.request.id or "",
             worker=self.request.hostname or "",
         )
-        if result.outcome == "retry":
-            raise self.retry(countdown=result.countdown, exc=RuntimeError(result.reason))
+        if result.outcome == "retry" and result.delivery is not None:
+            outbox.publish_deliveries_now([result.delivery], countdown=result.countdown)
         return result.outcome
 
     handle_event.__doc__ = f"Deliver one event to the {consumer.name} consumer."
@@ -48,8 +48,8 @@ def create_consumer_task(consumer: Consumer) -> Task:
 
 @shared_task(name="events.relay_outbox", ignore_result=True)
 def relay_outbox() -> int:
-    """Beat task: publish deliveries that were never enqueued or went stale."""
-    result = services.relay_outbox()
+    """Beat task: publish the deliveries whose message is lost (``events.relay``)."""
+    result = relay.relay_outbox()
     if result.published or result.broker_failed:
         logger.info(
             "relay published %d deliveries%s",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,69 @@ def _worker_quiet_before_flush(request: pytest.FixtureRequest) -> Iterator[None]
         Delivery.objects.filter(state__in=Delivery.OPEN_STATES, enqueued_at__isnull=False).exists()
     ):
         time.sleep(0.1)
+
+
+class RelayLoop:
+    """``relay_outbox`` every ``interval`` seconds in a thread, as beat runs it in production."""
+
+    def __init__(self, interval: float = 0.3) -> None:
+        self.interval = interval
+        self.passes = 0
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay-loop", daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.is_set():
+                self._tick()
+                self.passes += 1
+                self._stop.wait(self.interval)
+        finally:
+            connection.close()
+
+    def _tick(self) -> None:
+        from events.relay import relay_outbox
+
+        self.published += relay_outbox().published
+
+    def start(self) -> RelayLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> RelayLoop:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class BeatLoop(RelayLoop):
+    """Sends the ``events.relay_outbox`` task every ``interval`` s, as beat does in
+    production, so the relay runs inside a worker's pool process; broker errors are
+    logged by beat and the next tick tries again, so they are ignored here."""
+
+    def _tick(self) -> None:
+        from kombu.exceptions import KombuError
+        from redis.exceptions import RedisError
+
+        with contextlib.suppress(OSError, KombuError, RedisError):
+            current_app.send_task("events.relay_outbox", queue="events", expires=30)
+
+
+@pytest.fixture
+def running_relay(live_worker: CeleryWorker) -> Iterator[RelayLoop]:
+    """The relay running in the background of a test with a live worker."""
+    with RelayLoop() as loop:
+        yield loop
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from events.models import Delivery, Event
+from events.outbox import record_event
 from events.registry import consumers_for
-from events.services import record_event
-from tests.probe.handlers import PROBE_EVENT
+from tests.probe.handlers import FAULT_EVENT, PROBE_EVENT
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import create_upload
@@ -45,6 +45,13 @@ def publish_probe(**instructions: Any) -> Event:
     payload = {"key": uuid.uuid4().hex, **instructions}
     with transaction.atomic():
         return record_event(event_type=PROBE_EVENT, aggregate_id="probe", payload=payload)
+
+
+def publish_fault(**instructions: Any) -> Event:
+    """Publish a ``test.fault`` event for the ``probe_fault`` consumer (2 s limit, 3 tries)."""
+    payload = {"key": uuid.uuid4().hex, **instructions}
+    with transaction.atomic():
+        return record_event(event_type=FAULT_EVENT, aggregate_id="fault", payload=payload)
 
 
 def states(event: Event) -> dict[str, str]:

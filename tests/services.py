@@ -174,7 +174,13 @@ class CeleryWorker:
 
         if self.process is None or self.process.poll() is not None:
             raise AssertionError(f"worker exited; see {self.log_path}")
-        replies = current_app.control.ping(destination=[self.hostname], timeout=0.5)
+        from kombu.exceptions import KombuError
+        from redis.exceptions import RedisError
+
+        try:
+            replies = current_app.control.ping(destination=[self.hostname], timeout=0.5)
+        except (OSError, KombuError, RedisError):
+            return False  # a pooled connection to a Redis that restarted: the next try reconnects
         return bool(replies)
 
     @property
@@ -182,10 +188,14 @@ class CeleryWorker:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """Warm shutdown: finish running tasks, then exit."""
+        """Warm shutdown: finish running tasks, then exit.
+
+        SIGTERM goes to the main process only, as ``docker stop`` sends it: sent to the
+        whole group it would kill the pool processes mid-task (a cold stop).
+        """
         if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from events.models import Delivery, DeliveryAttempt, Event
-from events.services import record_event
+from events.outbox import record_event
 from tests.factories import upload_consumers
 from tests.probe.handlers import PROBE_EVENT
 from uploads.events import FILE_DELETED, FILE_UPLOADED

@@ -22,7 +22,7 @@ from tests.services import ROOT
 DEFAULTS = DeliveryConfig(
     visibility_timeout=3600,
     retry_backoff_max=600,
-    stale_after=300,
+    lease_margin=30,
     default_time_limit=120,
     consumer_time_limits={
         "notifications.handle_event": 60,
@@ -67,7 +67,6 @@ def test_a_consumer_time_limit_longer_than_the_visibility_timeout_is_refused():
     config = dataclasses.replace(
         DEFAULTS,
         consumer_time_limits={**DEFAULTS.consumer_time_limits, "slow.handle_event": 7200},
-        stale_after=7300,
         visibility_timeout=7000,
     )
 
@@ -133,24 +132,12 @@ def test_pickle_anywhere_is_refused(change):
     assert codes(config) == ["events.E004"]
 
 
-def test_stale_window_at_or_below_a_consumer_time_limit_is_refused():
-    config = dataclasses.replace(DEFAULTS, stale_after=120)
+def test_a_lease_without_a_margin_past_the_time_limit_is_refused():
+    config = dataclasses.replace(DEFAULTS, lease_margin=0)
 
     [problem] = delivery_config_problems(config)
     assert problem.code == "events.E005"
-    assert "EVENTS_STALE_AFTER_SECONDS (120 s)" in problem.message
-
-
-def test_stale_window_below_time_limits_may_be_allowed_explicitly():
-    config = dataclasses.replace(DEFAULTS, stale_after=6, allow_stale_below_time_limit=True)
-
-    assert delivery_config_problems(config) == []
-
-
-def test_stale_window_at_or_above_the_visibility_timeout_is_refused():
-    config = dataclasses.replace(DEFAULTS, stale_after=3600)
-
-    assert codes(config) == ["events.E006"]
+    assert "EVENTS_LEASE_MARGIN_SECONDS (0 s)" in problem.message
 
 
 def test_several_problems_are_all_reported():
@@ -158,34 +145,25 @@ def test_several_problems_are_all_reported():
         DEFAULTS, visibility_timeout=10, reject_on_worker_lost=False, accept_content=("pickle",)
     )
 
-    assert codes(config) == ["events.E002", "events.E003", "events.E004", "events.E006"]
+    assert codes(config) == ["events.E002", "events.E003", "events.E004"]
 
 
-def test_test_settings_pass_with_their_short_stale_window_allowed(settings):
-    # given the test settings: probe consumers' limit 5 s, stale window 6 s
-    settings.EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
+def test_test_settings_pass_with_their_short_lease_margin(settings):
+    # given the test settings: probe consumers' limit 5 s, lease margin 1 s
     config = current_delivery_config()
 
     assert config.consumer_time_limits["probe.handle_event"] == 5
-    assert config.stale_after == 6
+    assert config.lease_margin == 1
     assert config.task_acks["probe.handle_event"] == (True, True)
     assert delivery_config_problems(config) == []
-    # and a stale window above the probe's limit alone would be enough without the others
-    only_probe = dataclasses.replace(
-        config,
-        allow_stale_below_time_limit=False,
-        consumer_time_limits={"probe.handle_event": 5, "probe_peer.handle_event": 5},
-    )
-    assert delivery_config_problems(only_probe) == []
 
 
 def test_the_system_check_reports_the_same_problems(settings):
-    settings.EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = False
-    settings.EVENTS_STALE_AFTER_SECONDS = 5000
+    settings.EVENTS_LEASE_MARGIN_SECONDS = 0
 
     messages = checks.run_checks(tags=["celery"])
 
-    assert [m.id for m in messages] == ["events.E006"]
+    assert [m.id for m in messages] == ["events.E005"]
     assert messages == check_delivery_config()
     assert all(m.level == checks.ERROR for m in messages)
 
@@ -222,7 +200,6 @@ def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_serv
         DJANGO_SETTINGS_MODULE="config.settings.test",
         TEST_CELERY_BROKER_URL=redis_server.url,
         CELERY_VISIBILITY_TIMEOUT="10",
-        EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT="true",
     )
 
     # when a worker starts

@@ -6,10 +6,11 @@ import time
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
-from events.services import publish_deliveries_now
+from events.outbox import publish_deliveries_now
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.factories import publish_probe, settled, states, upload_consumers, upload_text
@@ -139,19 +140,25 @@ def test_exhausted_retries_go_dead_with_the_reason_and_attempt_count(live_worker
     assert DeliveryAttempt.objects.filter(delivery=dead).count() == 4
 
 
-def test_worker_killed_with_sigkill_mid_task_completes_after_restart(live_worker, settings):
+def test_worker_killed_with_sigkill_mid_task_completes_after_restart(live_worker):
     event = publish_probe(sleep_seconds={"probe": 3})
     wait_for(lambda: started_marker(event.payload["key"], "probe").exists(), what="probe to start")
 
     live_worker.kill()
     # The message stays unacknowledged in Redis until the visibility timeout (an hour);
-    # once the delivery is stale the relay publishes it again for the next worker.
-    assert Delivery.objects.get(event=event, consumer="probe").state == "pending"
+    # the claim's lease (time limit plus margin) expires long before, and then the relay
+    # publishes the delivery again for the next worker.
+    killed = Delivery.objects.get(event=event, consumer="probe")
+    assert (killed.state, killed.attempts) == ("running", 1)
     live_worker.start()
-    time.sleep(settings.EVENTS_STALE_AFTER_SECONDS + 0.5)
+    wait_for(
+        lambda: Delivery.objects.filter(pk=killed.pk, lease_expires_at__lt=timezone.now()).exists(),
+        what="the lease to expire",
+    )
     call_command("relay_outbox", "--once")
 
     assert wait_for(lambda: settled(event), what="relayed delivery")["probe"] == "done"
+    assert Delivery.objects.get(pk=killed.pk).attempts == 2
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe").count() == 1
 
 

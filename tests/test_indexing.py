@@ -12,8 +12,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection
 
+from events.delivery import run_delivery
 from events.models import Delivery, Event
-from events.services import run_delivery
 from indexing import extraction, handlers, services
 from indexing.extraction import Extraction
 from indexing.models import IndexEntry

@@ -24,10 +24,11 @@ from django.core.mail.backends import locmem
 from django.db import transaction
 from django.utils import timezone
 
+from events.delivery import DeliveryOutcome, run_delivery
 from events.exceptions import TransientError
 from events.models import Delivery, Event
+from events.outbox import publish_deliveries_now, record_event
 from events.schemas import Envelope, schemas
-from events.services import DeliveryOutcome, publish_deliveries_now, record_event, run_delivery
 from notifications import handlers
 from notifications.checks import check_claim_timeout
 from notifications.models import Notification

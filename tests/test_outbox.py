@@ -13,9 +13,11 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
+from events.delivery import retry_countdown
 from events.models import Delivery, Event
+from events.outbox import current_broker_epoch, record_event
 from events.registry import all_consumers, consumers_for
-from events.services import deliveries_to_relay, record_event, relay_outbox, retry_countdown
+from events.relay import lost_deliveries, relay_outbox
 from tests.factories import upload_consumers, upload_text
 from uploads.events import FILE_UPLOADED
 from uploads.models import Upload
@@ -117,7 +119,7 @@ def test_upload_inside_a_callers_transaction_is_refused(user, settings):
 
 def test_recording_an_event_outside_a_transaction_is_refused():
     with (
-        mock.patch("events.services.connection.in_atomic_block", False),
+        mock.patch("events.outbox.connection.in_atomic_block", False),
         pytest.raises(RuntimeError, match=r"inside transaction\.atomic"),
     ):
         record_event(
@@ -145,31 +147,50 @@ def test_deleted_upload_keeps_its_file_until_the_transaction_commits(
     assert Delivery.objects.filter(event=event).count() == len(upload_consumers())
 
 
-def test_relay_takes_never_enqueued_and_stale_deliveries_only(user, settings):
+def lost_ids() -> set[int]:
+    return set(lost_deliveries(epoch=current_broker_epoch()).values_list("pk", flat=True))
+
+
+def test_relay_takes_unsent_unconfirmed_and_expired_deliveries_only(user):
     upload_text(user)
     now = timezone.now()
-    stale = now - dt.timedelta(seconds=settings.EVENTS_STALE_AFTER_SECONDS + 1)
-    fresh = now - dt.timedelta(seconds=1)
-    # Any further consumers' deliveries stay just created: left to their on-commit publish.
-    never, stale_one, fresh_one, *_ = Delivery.objects.order_by("pk")
-    Delivery.objects.filter(pk=never.pk).update(created_at=stale, enqueued_at=None)
-    Delivery.objects.filter(pk=stale_one.pk).update(created_at=stale, enqueued_at=stale)
-    Delivery.objects.filter(pk=fresh_one.pk).update(created_at=stale, enqueued_at=fresh)
+    long_ago = now - dt.timedelta(minutes=10)
+    epoch = current_broker_epoch()
+    never, lost_by_broker, queued, *others = Delivery.objects.order_by("pk")
+    # Every delivery starts sent and confirmed long ago; the first three then differ.
+    Delivery.objects.update(created_at=long_ago, enqueued_at=long_ago, broker_epoch=epoch)
+    Delivery.objects.filter(pk=never.pk).update(enqueued_at=None, broker_epoch="")
+    # Sent under an epoch the broker no longer has: Redis lost its data since.
+    Delivery.objects.filter(pk=lost_by_broker.pk).update(enqueued_at=long_ago, broker_epoch="old")
+    # ``queued`` was sent long ago and confirmed: it waits in its queue, however long.
 
-    assert set(deliveries_to_relay(now).values_list("pk", flat=True)) == {never.pk, stale_one.pk}
+    assert lost_ids() == {never.pk, lost_by_broker.pk}
 
-    # A retry due in the future is not stale, whenever it was first enqueued.
-    Delivery.objects.filter(pk=stale_one.pk).update(retry_at=now + dt.timedelta(seconds=30))
-    assert set(deliveries_to_relay(now).values_list("pk", flat=True)) == {never.pk}
+    # A retry due in the future waits for its time, whatever happened to its message.
+    Delivery.objects.filter(pk=lost_by_broker.pk).update(
+        state="retrying", retry_at=now + dt.timedelta(seconds=30)
+    )
+    assert lost_ids() == {never.pk}
+
+    # A running attempt is left alone until its lease expires; then it is sent once.
+    Delivery.objects.filter(pk=queued.pk).update(
+        state="running", lease_expires_at=now + dt.timedelta(seconds=30)
+    )
+    assert lost_ids() == {never.pk}
+    Delivery.objects.filter(pk=queued.pk).update(lease_expires_at=now - dt.timedelta(seconds=1))
+    assert lost_ids() == {never.pk, queued.pk}
+    Delivery.objects.filter(pk=queued.pk).update(enqueued_at=now)
+    assert lost_ids() == {never.pk}
 
     # Finished deliveries are never relayed.
     Delivery.objects.filter(pk=never.pk).update(state="done")
-    assert not deliveries_to_relay(now).exists()
+    assert others, "the upload has a delivery per consumer"
+    assert lost_ids() == set()
 
 
 def test_a_delivery_just_created_is_left_to_its_own_on_commit_publish(user):
     upload_text(user)
-    assert not deliveries_to_relay().exists()
+    assert lost_ids() == set()
 
 
 def test_relay_outbox_publishes_what_was_never_enqueued(user, sent_tasks):
@@ -200,6 +221,7 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
     # As after a publish that failed: the deliveries wait in the outbox.
     Delivery.objects.update(enqueued_at=None)
     Delivery.objects.filter(consumer="audit").update(state="dead")
+    Delivery.objects.filter(consumer="indexing").update(state="running")
 
     call_command("event_status", "--json")
 
@@ -216,6 +238,8 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
     assert status["consumers"]["notifications"]["pending"] == 1
     assert status["consumers"]["notifications"]["oldest_pending_seconds"] >= 0
     assert status["consumers"]["audit"]["dead"] == 1
+    # running (an attempt holds the lease) is not done yet: it counts as pending
+    assert status["consumers"]["indexing"]["pending"] == 1
     assert status["consumers"]["audit"]["oldest_pending_seconds"] is None
 
 

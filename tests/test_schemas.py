@@ -23,8 +23,8 @@ from audit.models import AuditEntry
 from audit.services import payload_digest, verify_chain
 from events.exceptions import InvalidEventError, PermanentError
 from events.models import Delivery, Event
+from events.outbox import publish_deliveries_now, record_event
 from events.schemas import Envelope, schemas
-from events.services import publish_deliveries_now, record_event
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.factories import settled, upload_consumers, upload_text
@@ -216,7 +216,7 @@ def test_stored_v1_upload_event_is_handled_by_every_consumer(live_worker, user, 
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_unknown_version_or_type_goes_dead_with_the_reason_and_blocks_nothing_else(
+def test_newer_version_waits_for_the_upgrade_unknown_type_goes_dead_and_nothing_else_blocks(
     live_worker, user
 ):
     future = store_event(
@@ -228,13 +228,20 @@ def test_unknown_version_or_type_goes_dead_with_the_reason_and_blocks_nothing_el
     unknown = store_event("file.renamed", 1, {"upload_id": 9002}, ["audit"])
     healthy = Event.objects.get(aggregate_id=str(upload_text(user).pk), type=FILE_UPLOADED)
 
-    assert wait_for(lambda: settled(future), what="future-version deliveries") == dict.fromkeys(
-        upload_consumers(), "dead"
-    )
+    # A rolling deploy: producers run newer code than these consumers. The deliveries
+    # wait, retried without using up attempts, with the reason for operators.
+    def waiting_for_upgrade() -> bool:
+        rows = list(Delivery.objects.filter(event=future))
+        return len(rows) == len(upload_consumers()) and all(
+            d.state == "retrying" and "waiting for an upgrade" in d.last_error for d in rows
+        )
+
+    wait_for(waiting_for_upgrade, what="future-version deliveries to wait for the upgrade")
     for delivery in Delivery.objects.filter(event=future):
-        assert delivery.attempts == 1, delivery.consumer
+        assert delivery.attempts == 0, delivery.consumer
         assert delivery.last_error == (
-            "InvalidEventError: unknown version 9 of event type 'file.uploaded' (known: 1, 2)"
+            "NewerEventVersion: file.uploaded v9 is newer than this code knows (up to v2): "
+            "waiting for an upgrade"
         )
     assert wait_for(lambda: settled(unknown), what="unknown-type delivery") == {"audit": "dead"}
     assert Delivery.objects.get(event=unknown).last_error == (
@@ -248,3 +255,5 @@ def test_unknown_version_or_type_goes_dead_with_the_reason_and_blocks_nothing_el
     assert set(wait_for(lambda: settled(healthy), what="healthy deliveries").values()) == {"done"}
     assert AuditEntry.objects.filter(event_id=healthy.id).count() == 1
     assert Notification.objects.get(event_id=healthy.id).state == "sent"
+    # Settle the waiting ones, so the worker has nothing left when the tables are emptied.
+    Delivery.objects.filter(event=future).update(state="dead")

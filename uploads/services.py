@@ -12,7 +12,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from events.db import one_or_none
-from events.services import record_event
+from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone, UploadRejected
 from uploads.files import SNIFF_BYTES, clean_filename, sniff_content_type

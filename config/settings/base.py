@@ -292,6 +292,19 @@ CELERY_TASK_SOFT_TIME_LIMIT = 100
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
 CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
 CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
+# With acks late a worker reserves up to multiplier x concurrency messages and holds
+# them unacknowledged, maybe for minutes behind a long task, while idle workers could
+# run them. 1 reserves one message per pool process: each waits in Redis, where any
+# free worker takes it. Costs one more round trip per task, nothing else here.
+# https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# False on purpose: when the broker connection drops, a running task keeps running and
+# commits its delivery (the ledger, not the ack, records success); the message that
+# Redis hands out again finds it done and is skipped. Cancelling (True) would kill the
+# attempt after its claim counted it, wasting an attempt and the work on a broker blip.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = "events"
@@ -317,9 +330,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # ------------------------------------------------------------------------------
 # Event pipeline
 # ------------------------------------------------------------------------------
-# A delivery enqueued (or due to retry) longer ago than this is published again by
-# the relay. Above every task time limit, far below the visibility timeout.
-EVENTS_STALE_AFTER_SECONDS = env.int("EVENTS_STALE_AFTER_SECONDS", default=300)
+# A claim holds a delivery for the consumer's hard time limit plus this margin; after
+# that its attempt is dead for sure (killed, out of memory, host lost) and the relay
+# sends the delivery again. The margin covers the pool replacing a killed process.
+EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=30)
+# How long the relay leaves a delivery to the process that is publishing it (on commit,
+# a retry, another relay) before it counts the unconfirmed send as lost.
+EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=10)
 # Exponential backoff with full jitter for transient handler errors.
 EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=2.0)
 EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", default=600)
@@ -378,11 +395,3 @@ LOGGING = {
         "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
-
-# ------------------------------------------------------------------------------
-# Startup checks (events/checks.py)
-# ------------------------------------------------------------------------------
-# Workers refuse a stale window at or below a consumer's time limit: the relay would
-# publish deliveries again while their first task still runs. The ledger absorbs such
-# duplicates, so test settings may allow it for a short window; production never should.
-EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = env.bool("EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT", default=False)

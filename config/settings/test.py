@@ -36,10 +36,11 @@ MEDIA_ROOT = _test_db_dir / "media"
 STATIC_ROOT = _test_db_dir / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 
-# Fast retries and a short stale window keep fault-injection tests quick.
+# Fast retries, short leases and a short publish grace keep fault-injection tests quick.
 EVENTS_RETRY_BACKOFF_SECONDS = 0.05
 EVENTS_RETRY_BACKOFF_MAX_SECONDS = 1
-EVENTS_STALE_AFTER_SECONDS = env.int("EVENTS_STALE_AFTER_SECONDS", default=6)
+EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=1)
+EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=1)
 
 # Workers that tests start write mail where the tests can read it.
 EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
@@ -48,10 +49,6 @@ EMAIL_FILE_PATH = _test_db_dir / "mail"
 # Never the machine's Redis: tests/conftest.py starts a private redis-server and points
 # the Celery app (and the workers it starts) at it. Port 1 refuses at once meanwhile.
 CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:1/0")
-
-# The short stale window sits below the real consumers' time limits (60-120 s): the relay
-# may republish a delivery whose first task still runs, and the ledger absorbs it.
-EVENTS_ALLOW_STALE_BELOW_TIME_LIMIT = True
 
 # Webhook tests call receivers on 127.0.0.1; one test turns this off to see the refusal.
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True

@@ -7,12 +7,13 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.services import relay_outbox
+from events.relay import relay_outbox
 
 
 class Command(BaseCommand):
     help = (
-        "Publish deliveries that were never enqueued or went stale. Runs until stopped, "
+        "Publish deliveries whose message is lost (never sent, lease expired, broker data lost). "
+        "Runs until stopped, "
         "every EVENTS_RELAY_INTERVAL_SECONDS; --once makes one pass and exits."
     )
 

@@ -1,0 +1,380 @@
+"""Running one delivery: claim it with a lease, run the handler, finish or fail it.
+
+The life of a delivery (``Delivery.State``)::
+
+    pending ──claim──▶ running ──finish──▶ done
+       ▲                  │ ╲──fail──▶ retrying ──claim──▶ running …
+       │                  │  ╲─permanent, or out of attempts──▶ dead
+       └─busy (uncounted)─┘
+
+**Claim** is one short statement, committed before the handler runs: it counts the
+attempt and takes a lease (the consumer's time limit plus ``EVENTS_LEASE_MARGIN_SECONDS``,
+on the database clock). A crash, an out-of-memory kill or a hard time limit therefore
+still uses up an attempt, and a poison message ends ``dead`` instead of looping. The
+attempt number is the fence: **finish** and **fail** update the row only while it is
+still ``running`` with that number, so an attempt whose lease expired and was taken
+over cannot mark it done (its writes roll back with the failed fence).
+
+A claim that finds the delivery ``done`` or ``dead`` skips it (dedupe); one that finds
+a live lease skips it too (a duplicate message: the attempt holding the lease finishes
+it, or its lease expires and the relay sends it again).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from events.db import fetch_instance, now_plus_seconds_sql, now_sql
+from events.exceptions import DeliveryBusy, PermanentError
+from events.models import Delivery, DeliveryAttempt, Event
+from events.registry import Consumer, Handler, TwoStepHandler, get_consumer
+from events.schemas import Envelope, schemas
+
+logger = logging.getLogger(__name__)
+
+DID_NOT_FINISH = "the last attempt did not finish"
+
+
+class NewerEventVersion(DeliveryBusy):
+    """An event stored by newer code than this (a rolling deploy): wait for the upgrade."""
+
+
+class LeaseLost(Exception):
+    """This attempt's lease was taken over: its work must not commit."""
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What ``run_delivery`` did: ``done``, ``skipped``, ``retry`` (after ``countdown`` s) or ``dead``.
+
+    ``delivery`` is the row (with its event) when a retry must be published.
+    """
+
+    outcome: str
+    reason: str = ""
+    countdown: float | None = None
+    delivery: Delivery | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt's hold on a delivery: the row as claimed and the attempt number."""
+
+    delivery: Delivery
+    consumer: Consumer
+    attempt: int
+    started_at: dt.datetime
+
+
+def run_delivery(
+    *,
+    delivery_id: int,
+    consumer_name: str | None = None,
+    event_type: str | None = None,
+    task_id: str = "",
+    worker: str = "",
+) -> DeliveryOutcome:
+    """Run one consumer's handler for one event: claim, prepare, apply and finish.
+
+    ``consumer_name`` comes from the message (it saves a read before the claim);
+    ``event_type`` is accepted for callers that pass it and not needed. Transient errors
+    come back as ``retry`` with a backoff countdown for the caller to publish; permanent
+    errors and exhausted attempts as ``dead``.
+    """
+    consumer = _consumer_of(delivery_id, consumer_name)
+    if consumer is None:
+        # The event was removed (retention), or its consumer is gone: the relay
+        # dead-letters such a delivery when it finds it.
+        return DeliveryOutcome("skipped", "delivery or its consumer no longer exists")
+    claim = claim_delivery(delivery_id=delivery_id, consumer=consumer, task_id=task_id)
+    if isinstance(claim, DeliveryOutcome):
+        return claim
+    try:
+        finish_delivery(claim, task_id=task_id, worker=worker)
+    except LeaseLost as exc:
+        return DeliveryOutcome("skipped", str(exc))
+    except DeliveryBusy as exc:
+        return release_delivery(claim, exc)
+    except Exception as exc:
+        return fail_delivery(
+            claim, exc, permanent=isinstance(exc, PermanentError), task_id=task_id, worker=worker
+        )
+    return DeliveryOutcome("done")
+
+
+# The two statements every delivery runs, by hand: through querysets they cost several
+# times as much to build as to run (bench/ledger_cost.py measures both).
+CLAIM_SQL = """
+    UPDATE events_delivery
+       SET state = 'running', attempts = attempts + 1, lease_expires_at = {lease},
+           retry_at = NULL, task_id = %s, updated_at = {now}
+     WHERE id = %s
+       AND (state IN ('pending', 'retrying')
+            OR (state = 'running' AND lease_expires_at < {now} AND attempts < %s))
+ RETURNING attempts, event_id"""
+FINISH_SQL = """
+    UPDATE events_delivery
+       SET state = 'done', completed_at = {now}, lease_expires_at = NULL, retry_at = NULL,
+           last_error = '', updated_at = {now}
+     WHERE id = %s AND state = 'running' AND attempts = %s"""
+
+
+def claim_delivery(
+    *, delivery_id: int, consumer: Consumer, task_id: str
+) -> Claim | DeliveryOutcome:
+    """Count an attempt and take the lease, in one committed statement; or say why not.
+
+    Pending and retrying deliveries may be claimed (their last attempt, if any, finished
+    and was recorded, so a replayed dead one gets one more try even with its attempts
+    used up); a running one only once its lease expired and attempts remain.
+    """
+    started_at = timezone.now()
+    sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts])
+        row = cursor.fetchone()
+    if row is None:
+        return _not_claimed(delivery_id, consumer)
+    attempts, event_id = row
+    event = fetch_instance(Event, event_id)
+    delivery = Delivery(
+        pk=delivery_id,
+        event=event,
+        consumer=consumer.name,
+        state=Delivery.State.RUNNING,
+        attempts=attempts,
+    )
+    return Claim(delivery, consumer, attempts, started_at)
+
+
+def lease_seconds(consumer: Consumer) -> float:
+    """How long a claim holds: past the hard time limit, when the attempt is surely gone."""
+    return consumer.time_limit + settings.EVENTS_LEASE_MARGIN_SECONDS
+
+
+def _expired_and_exhausted(consumer: Consumer) -> Q:
+    # Running with an expired lease (its attempt died) and no attempt left.
+    return Q(
+        state=Delivery.State.RUNNING,
+        lease_expires_at__lt=Now(),
+        attempts__gte=consumer.max_attempts,
+    )
+
+
+def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
+    """Why a claim took nothing: gone, finished, leased elsewhere, or out of attempts."""
+    row = (
+        Delivery.objects.filter(pk=delivery_id).values("state", "attempts", "lease_expires_at")
+    ).first()
+    if row is None:
+        # The event was removed (retention) after this message was sent.
+        return DeliveryOutcome("skipped", "delivery no longer exists")
+    if row["state"] in (Delivery.State.DONE, Delivery.State.DEAD):
+        # Another message for the same delivery got here first: dedupe.
+        return DeliveryOutcome("skipped", f"already {row['state']}")
+    reason = f"gave up after {row['attempts']} attempts: {DID_NOT_FINISH}"
+    gave_up = Delivery.objects.filter(
+        _expired_and_exhausted(consumer), pk=delivery_id, attempts=row["attempts"]
+    ).update(
+        state=Delivery.State.DEAD,
+        last_error=reason,
+        lease_expires_at=None,
+        retry_at=None,
+        updated_at=Now(),
+    )
+    if gave_up:
+        logger.error("delivery %s (%s) is dead: %s", delivery_id, consumer.name, reason)
+        return DeliveryOutcome("dead", reason)
+    # A live lease: the attempt holding it finishes, or its lease expires and the relay
+    # publishes the delivery again. This duplicate message has nothing to do.
+    return DeliveryOutcome("skipped", f"running elsewhere (lease until {row['lease_expires_at']})")
+
+
+def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> None:
+    """Run the handler and mark the delivery done, in one transaction fenced by the attempt.
+
+    A ``TwoStepHandler``'s ``prepare`` runs first, outside any transaction.
+    """
+    handler = _handler_for(claim.consumer, claim.delivery.event.type)
+    envelope = _envelope(claim.delivery.event)
+    prepared: Any = None
+    if isinstance(handler, TwoStepHandler):
+        prepared = handler.prepare(envelope)
+    with transaction.atomic():
+        if isinstance(handler, TwoStepHandler):
+            handler.apply(envelope, prepared)
+        else:
+            handler(envelope)
+        with connection.cursor() as cursor:
+            cursor.execute(FINISH_SQL.format(now=now_sql()), [claim.delivery.pk, claim.attempt])
+            if cursor.rowcount != 1:
+                raise LeaseLost(_lease_lost(claim))
+        _record_attempt(claim, DeliveryAttempt.Outcome.DONE, task_id, worker)
+
+
+def fail_delivery(
+    claim: Claim, error: BaseException, *, permanent: bool, task_id: str = "", worker: str = ""
+) -> DeliveryOutcome:
+    """Record a failed attempt: dead when ``permanent`` or out of attempts, else retrying."""
+    reason = describe(error)
+    if permanent or claim.attempt >= claim.consumer.max_attempts:
+        error_text = reason if permanent else f"gave up after {claim.attempt} attempts: {reason}"
+        outcome = DeliveryOutcome("dead", error_text)
+        changes: dict[str, Any] = {"state": Delivery.State.DEAD, "retry_at": None}
+    else:
+        countdown = retry_countdown(claim.attempt)
+        error_text = reason
+        outcome = DeliveryOutcome("retry", reason, countdown, claim.delivery)
+        changes = _waiting(Delivery.State.RETRYING, countdown)
+    try:
+        with transaction.atomic():
+            _update_fenced(claim, last_error=error_text, lease_expires_at=None, **changes)
+            _record_attempt(claim, outcome.outcome, task_id, worker, error=error_text)
+    except LeaseLost as exc:
+        return DeliveryOutcome("skipped", str(exc))
+    log = logger.error if outcome.outcome == "dead" else logger.warning
+    log(
+        "delivery %s (%s, event %s) failed, attempt %s: %s -> %s",
+        claim.delivery.pk,
+        claim.consumer.name,
+        claim.delivery.event_id,
+        claim.attempt,
+        reason,
+        outcome.outcome,
+    )
+    return outcome
+
+
+def release_delivery(claim: Claim, busy: DeliveryBusy) -> DeliveryOutcome:
+    """Give the claim back without counting the attempt, and look again after a while.
+
+    ``DeliveryBusy``: another attempt holds the work (notifications' mail claim); the
+    ledger goes back to how it was. ``NewerEventVersion``: the event waits for the
+    upgrade, ``retrying`` with the reason, so operators see why.
+    """
+    reason = describe(busy)
+    changes = _waiting(
+        Case(
+            When(attempts=1, then=Value(Delivery.State.PENDING)),
+            default=Value(Delivery.State.RETRYING),
+        ),
+        busy.retry_after,
+    )
+    if isinstance(busy, NewerEventVersion):
+        changes.update(state=Delivery.State.RETRYING, last_error=reason)
+    try:
+        _update_fenced(claim, attempts=F("attempts") - 1, lease_expires_at=None, **changes)
+    except LeaseLost as exc:
+        return DeliveryOutcome("skipped", str(exc))
+    claim.delivery.attempts = claim.attempt - 1
+    logger.info("delivery %s released without counting: %s", claim.delivery.pk, reason)
+    return DeliveryOutcome("retry", reason, busy.retry_after, claim.delivery)
+
+
+def _waiting(state: Any, countdown: float) -> dict[str, Any]:
+    """A delivery waiting for its retry message, which is not confirmed sent yet."""
+    return {
+        "state": state,
+        "retry_at": Now() + dt.timedelta(seconds=countdown),
+        "enqueued_at": Now(),
+        "broker_epoch": "",
+    }
+
+
+def _update_fenced(claim: Claim, **changes: Any) -> None:
+    """Update the delivery if this attempt still holds it; ``LeaseLost`` otherwise."""
+    updated = Delivery.objects.filter(
+        pk=claim.delivery.pk, state=Delivery.State.RUNNING, attempts=claim.attempt
+    ).update(updated_at=Now(), **changes)
+    if not updated:
+        raise LeaseLost(_lease_lost(claim))
+
+
+def _lease_lost(claim: Claim) -> str:
+    return f"attempt {claim.attempt} lost its lease to a later attempt"
+
+
+def retry_countdown(attempts: int) -> float:
+    """Seconds before the next try: exponential in ``attempts``, capped, with jitter.
+
+    Half the interval is fixed and half random ("equal jitter"), so retries of many
+    deliveries that failed together spread out but none comes back at once.
+    """
+    base = settings.EVENTS_RETRY_BACKOFF_SECONDS
+    ceiling = min(settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS, base * 2 ** (attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _consumer_of(delivery_id: int, consumer_name: str | None) -> Consumer | None:
+    if consumer_name is None:
+        consumer_name = (
+            Delivery.objects.filter(pk=delivery_id).values_list("consumer", flat=True).first()
+        )
+        if consumer_name is None:
+            return None
+    try:
+        return get_consumer(consumer_name)
+    except LookupError:
+        return None
+
+
+def _handler_for(consumer: Consumer, event_type: str) -> Handler:
+    handler = consumer.handlers.get(event_type)
+    if handler is None:
+        raise PermanentError(
+            f"consumer {consumer.name!r} has no handler for event type {event_type!r}"
+        )
+    return handler
+
+
+def _envelope(event: Event) -> Envelope:
+    """The event upcast to the current version; a newer one waits for the upgrade."""
+    current = schemas.current_version(event.type)
+    if event.version > current:
+        raise NewerEventVersion(
+            f"{event.type} v{event.version} is newer than this code knows (up to v{current}): "
+            "waiting for an upgrade",
+            retry_after=settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS,
+        )
+    return schemas.upcast(event.to_envelope())
+
+
+def describe(error: BaseException) -> str:
+    """An error as the ledger records it: its type and message, bounded."""
+    text = str(error) or repr(error)
+    return f"{type(error).__name__}: {text}"[:2000]
+
+
+ATTEMPT_SQL = """
+    INSERT INTO events_deliveryattempt
+           (delivery_id, number, task_id, worker, started_at, finished_at, outcome, error)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
+
+
+def _record_attempt(claim: Claim, outcome: str, task_id: str, worker: str, error: str = "") -> None:
+    """One ``DeliveryAttempt`` row for this attempt (a bare INSERT, as the finish above)."""
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            ATTEMPT_SQL,
+            [
+                claim.delivery.pk,
+                claim.attempt,
+                task_id[:64],
+                worker[:200],
+                adapt(claim.started_at),
+                adapt(timezone.now()),
+                outcome,
+                error,
+            ],
+        )

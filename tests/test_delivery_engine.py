@@ -1,0 +1,246 @@
+"""The delivery engine in one process: claim, lease, relay rules, publish after commit.
+
+These tests drive the services directly against the test Redis; the worker-level
+faults (crashes, time limits, restarts) are in ``tests/test_faults_worker.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from celery import current_app
+from django.db import connection
+from django.utils import timezone
+
+from events.delivery import LeaseLost, run_delivery
+from events.models import Delivery, Event
+from events.outbox import publish_deliveries_now
+from events.relay import relay_outbox
+from tests.factories import publish_probe, upload_text
+from uploads.models import Upload
+
+pytestmark = pytest.mark.django_db
+
+LONG_AGO = dt.timedelta(minutes=10)
+
+
+class ProcessDied(BaseException):
+    """Stands in for a process killed mid-handler: nothing after it runs in that process."""
+
+
+def probe_delivery(consumer: str = "probe", **instructions: object) -> Delivery:
+    event = publish_probe(**instructions)
+    return Delivery.objects.select_related("event").get(event=event, consumer=consumer)
+
+
+def crashing_handler(envelope: object) -> None:
+    raise ProcessDied()
+
+
+@pytest.fixture
+def sent_tasks():
+    """Record what is published, while still publishing it to the test Redis."""
+    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
+        yield spy
+
+
+# ------------------------------------------------------------------------------
+# 1. An orphan row (consumer no longer registered) never stalls the relay
+# ------------------------------------------------------------------------------
+def test_an_orphan_delivery_goes_dead_and_the_relay_publishes_the_rest(sent_tasks):
+    orphan = probe_delivery()
+    Delivery.objects.filter(pk=orphan.pk).update(consumer="retired")
+    Delivery.objects.update(created_at=timezone.now() - LONG_AGO, enqueued_at=None)
+
+    result = relay_outbox()
+
+    assert (result.published, result.broker_failed) == (1, False)
+    assert [call.args[0] for call in sent_tasks.call_args_list] == ["probe_peer.handle_event"]
+    orphan.refresh_from_db()
+    assert (orphan.state, orphan.last_error) == ("dead", "consumer no longer registered")
+
+
+# ------------------------------------------------------------------------------
+# 2. The attempt is counted when it starts, in its own committed claim
+# ------------------------------------------------------------------------------
+def test_an_attempt_that_dies_in_its_handler_has_been_counted():
+    delivery = probe_delivery()
+
+    with (
+        mock.patch.dict(delivery_handlers("probe"), {"test.probe": crashing_handler}),
+        pytest.raises(ProcessDied),
+    ):
+        run_delivery(delivery_id=delivery.pk)
+
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("running", 1)
+    assert delivery.lease_expires_at is not None
+
+
+def test_a_delivery_whose_attempts_are_used_up_by_crashes_goes_dead_without_running():
+    delivery = probe_delivery()
+    Delivery.objects.filter(pk=delivery.pk).update(
+        state="running", attempts=4, lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+
+    with mock.patch.dict(delivery_handlers("probe"), {"test.probe": crashing_handler}):
+        outcome = run_delivery(delivery_id=delivery.pk)
+
+    delivery.refresh_from_db()
+    assert outcome.outcome == "dead"
+    assert (delivery.state, delivery.attempts) == ("dead", 4)
+    assert delivery.last_error == "gave up after 4 attempts: the last attempt did not finish"
+
+
+def test_a_duplicate_message_while_the_lease_is_held_runs_nothing():
+    delivery = probe_delivery()
+    Delivery.objects.filter(pk=delivery.pk).update(
+        state="running", attempts=1, lease_expires_at=timezone.now() + dt.timedelta(minutes=1)
+    )
+
+    with mock.patch.dict(delivery_handlers("probe"), {"test.probe": crashing_handler}):
+        outcome = run_delivery(delivery_id=delivery.pk)
+
+    assert outcome.outcome == "skipped"
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("running", 1)
+
+
+def test_an_attempt_whose_lease_was_taken_over_cannot_finish_and_its_writes_roll_back():
+    from events.delivery import claim_delivery, finish_delivery
+    from events.registry import get_consumer
+    from tests.probe.models import ProbeEffect
+
+    delivery = probe_delivery()
+    consumer = get_consumer("probe")
+    first = claim_delivery(delivery_id=delivery.pk, consumer=consumer, task_id="first")
+    # Its lease expires (the attempt looked dead) and a second attempt takes over.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        lease_expires_at=timezone.now() - dt.timedelta(seconds=1)
+    )
+    second = claim_delivery(delivery_id=delivery.pk, consumer=consumer, task_id="second")
+    assert (first.attempt, second.attempt) == (1, 2)
+
+    with pytest.raises(LeaseLost):
+        finish_delivery(first)
+
+    assert not ProbeEffect.objects.filter(event_id=delivery.event_id).exists()
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts, delivery.task_id) == ("running", 2, "second")
+    finish_delivery(second)
+    assert ProbeEffect.objects.filter(event_id=delivery.event_id).count() == 1
+    assert Delivery.objects.get(pk=delivery.pk).state == "done"
+
+
+def test_a_retry_whose_publish_failed_is_relayed_once_it_is_due(sent_tasks):
+    delivery = probe_delivery(transient_failures={"probe": 1})
+    with mock.patch.object(current_app, "send_task", side_effect=OSError("broker down")):
+        outcome = run_delivery(delivery_id=delivery.pk)
+        # The task publishes the retry; the broker is down, so nothing confirms it.
+        publish_deliveries_now([outcome.delivery], countdown=outcome.countdown)
+    assert outcome.outcome == "retry"
+    Delivery.objects.update(created_at=timezone.now() - LONG_AGO)
+    Delivery.objects.filter(pk=delivery.pk).update(
+        retry_at=timezone.now() + dt.timedelta(minutes=1)
+    )
+    relay_outbox()
+    assert delivery.pk not in published_delivery_ids(sent_tasks)  # not due yet
+
+    # Due, and the grace after the failed send passed: the relay sends it, once.
+    Delivery.objects.filter(pk=delivery.pk).update(
+        retry_at=timezone.now() - dt.timedelta(seconds=1), enqueued_at=timezone.now() - LONG_AGO
+    )
+    relay_outbox()
+    relay_outbox()
+    assert published_delivery_ids(sent_tasks).count(delivery.pk) == 1
+
+
+def delivery_handlers(consumer: str) -> dict:
+    from events.registry import get_consumer
+
+    return get_consumer(consumer).handlers  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------
+# 3. The relay republishes only what is lost, never what merely waits in a queue
+# ------------------------------------------------------------------------------
+def test_a_delivery_waiting_in_its_queue_is_not_republished_however_long_it_waits(sent_tasks):
+    delivery = probe_delivery()
+    publish_deliveries_now([delivery])
+    sent_tasks.reset_mock()
+    long_ago = timezone.now() - dt.timedelta(hours=1)
+    Delivery.objects.update(created_at=long_ago)
+    Delivery.objects.filter(pk=delivery.pk).update(enqueued_at=long_ago)
+
+    relay_outbox()
+
+    assert delivery.pk not in published_delivery_ids(sent_tasks)
+
+
+def published_delivery_ids(spy: mock.MagicMock) -> list[int]:
+    return [call.kwargs["kwargs"]["delivery_id"] for call in spy.call_args_list]
+
+
+# ------------------------------------------------------------------------------
+# 4. Nothing that runs after commit undoes or hides the commit
+# ------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_an_error_in_the_on_commit_publish_keeps_the_upload_and_its_file(user, settings):
+    with mock.patch(
+        "events.outbox.publish_deliveries_now", side_effect=RuntimeError("database is locked")
+    ):
+        upload = upload_text(user, "kept")
+
+    assert Upload.objects.filter(pk=upload.pk).exists()
+    assert (Path(settings.MEDIA_ROOT) / upload.file.name).read_text() == "kept"
+    assert Event.objects.filter(aggregate_id=str(upload.pk)).count() == 1
+
+
+# ------------------------------------------------------------------------------
+# 5. The relay never talks to the broker inside a transaction
+# ------------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_publishes_outside_any_transaction():
+    # As if the on-commit publish had never run.
+    with mock.patch("events.outbox.publish_committed"):
+        delivery = probe_delivery()
+    Delivery.objects.update(created_at=timezone.now() - LONG_AGO)
+    in_transaction: list[bool] = []
+    send = current_app.send_task
+
+    def spy(*args: object, **kwargs: object) -> object:
+        in_transaction.append(connection.in_atomic_block and not connection.get_autocommit())
+        return send(*args, **kwargs)
+
+    with mock.patch.object(current_app, "send_task", side_effect=spy):
+        relay_outbox()
+
+    assert delivery.pk and in_transaction == [False, False]
+
+
+# ------------------------------------------------------------------------------
+# 6. Worker settings that acks late relies on
+# ------------------------------------------------------------------------------
+def test_workers_reserve_one_message_at_a_time_and_finish_tasks_when_the_broker_drops():
+    assert current_app.conf.worker_prefetch_multiplier == 1
+    assert current_app.conf.worker_cancel_long_running_tasks_on_connection_loss is False
+
+
+# ------------------------------------------------------------------------------
+# 7. An event newer than this code waits for the upgrade instead of going dead
+# ------------------------------------------------------------------------------
+def test_an_event_of_a_newer_version_is_retried_with_a_clear_reason():
+    delivery = probe_delivery()
+    Event.objects.filter(pk=delivery.event_id).update(version=9)
+
+    outcome = run_delivery(delivery_id=delivery.pk)
+
+    assert outcome.outcome == "retry"
+    assert outcome.countdown and outcome.countdown > 0
+    assert "newer than this code knows" in outcome.reason
+    delivery.refresh_from_db()
+    assert delivery.state == "retrying"
+    assert "waiting for an upgrade" in delivery.last_error
