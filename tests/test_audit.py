@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from audit.services import GENESIS_HASH, append_entry, entry_hash, payload_digest, verify_chain
+from events.delivery import run_delivery
 from events.models import Delivery, Event
 from events.schemas import Envelope
-from events.delivery import run_delivery
 from tests.factories import upload_text
 from tests.services import FakeTerminal, run_manage
 
