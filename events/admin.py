@@ -20,7 +20,12 @@ from django.utils.text import Truncator
 from events.charts import overview_charts
 from events.models import Delivery, DeliveryAttempt, Event
 from events.replay import ReplayReport, redeliver_deliveries
-from events.selectors import FINISHED_STATES, delivery_state_names, pipeline_status
+from events.selectors import (
+    FINISHED_STATES,
+    delivery_state_names,
+    ledger_by_consumer,
+    pipeline_status,
+)
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
@@ -103,12 +108,14 @@ class EventAdmin(ReadOnlyAdmin):
             raise PermissionDenied
         status = pipeline_status()
         changelist = reverse("admin:events_delivery_changelist")
+        # Every stored state, ``running`` included: operators see what holds a lease.
         states = delivery_state_names()
+        ledgers = ledger_by_consumer()
         rows = []
         for name, figures in status["consumers"].items():
             cells = [
                 (
-                    figures[state],
+                    ledgers[name].counts[state],
                     f"{changelist}?{urlencode({'consumer': name, 'state__exact': state})}",
                 )
                 for state in states

@@ -23,6 +23,25 @@ def delivery_state_names() -> list[str]:
     return [Delivery.State.DONE, *(s for s in Delivery.State.values if s != Delivery.State.DONE)]
 
 
+# ``event_status``, the pages and the API show the public states of DESIGN (done, pending,
+# retrying, dead): there a ``running`` delivery (an attempt holds its lease) is not done
+# yet and counts as pending. Admin and /metrics show every stored state.
+PUBLIC_STATE_OF = {Delivery.State.RUNNING: Delivery.State.PENDING}
+
+
+def public_state_names() -> list[str]:
+    """The states ``event_status`` reports, in ``delivery_state_names()`` order."""
+    return [state for state in delivery_state_names() if state not in PUBLIC_STATE_OF]
+
+
+def public_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Per-state counts folded into the public states (``running`` into ``pending``)."""
+    public = dict.fromkeys(public_state_names(), 0)
+    for state, n in counts.items():
+        public[PUBLIC_STATE_OF.get(state, state)] += n
+    return public
+
+
 def waiting_state_names() -> list[str]:
     """The states of a delivery its consumer has not finished with (neither done nor dead)."""
     return [state for state in Delivery.State.values if state not in FINISHED_STATES]
@@ -77,12 +96,16 @@ def ledger_by_consumer() -> dict[str, ConsumerLedger]:
 def pipeline_status() -> dict[str, Any]:
     """The figures of ``event_status --json``: events, and per consumer its ledger states.
 
-    ``oldest_pending_seconds`` is the age of the oldest delivery still waiting (any state
-    but done and dead), or ``None`` when nothing waits.
+    The states are the public ones (``public_counts``). ``oldest_pending_seconds`` is the
+    age of the oldest delivery still waiting (any state but done and dead), or ``None``
+    when nothing waits.
     """
     now = timezone.now()
     consumers = {
-        name: {**ledger.counts, "oldest_pending_seconds": ledger.oldest_waiting_seconds(now)}
+        name: {
+            **public_counts(ledger.counts),
+            "oldest_pending_seconds": ledger.oldest_waiting_seconds(now),
+        }
         for name, ledger in ledger_by_consumer().items()
     }
     unenqueued = (

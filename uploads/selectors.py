@@ -23,6 +23,8 @@ STATE_LABELS = {
     Delivery.State.DEAD: "failed",
     Delivery.State.RETRYING: "retrying",
     Delivery.State.PENDING: "pending",
+    # An attempt holds its lease: to an owner it is not done yet.
+    Delivery.State.RUNNING: "pending",
 }
 USER_STATES = ("done", "pending", "retrying", "failed")
 # States after which nothing changes unless an operator replays.

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.selectors import delivery_state_names, pipeline_status, status_breaches
+from events.selectors import pipeline_status, public_state_names, status_breaches
 
 DEFAULT_MAX_DEAD = 0
 DEFAULT_MAX_WAITING_SECONDS = 300.0
@@ -97,7 +97,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"events: {events['total']} total, {events['unenqueued']} not yet enqueued"
         )
-        columns = (*delivery_state_names(), "oldest_pending_seconds")
+        columns = (*public_state_names(), "oldest_pending_seconds")
         header = ("consumer", *columns)
         rows = [
             (name, *("-" if figures[c] is None else str(figures[c]) for c in columns))
