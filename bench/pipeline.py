@@ -59,7 +59,7 @@ from bench.timing import (  # noqa: E402
     process_tree_cpu_seconds,
     wait_until_finished,
 )
-from tests.services import RedisServer, free_port, wait_for  # noqa: E402
+from tests.processes import RedisServer, free_port, wait_for  # noqa: E402
 
 TIMEOUT = 900
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from events.deployment import all_queues
-from tests.services import ROOT, CeleryWorker, RedisServer
+from tests.processes import ROOT, CeleryWorker, RedisServer
 
 # Workers this session started, so teardown knows whether anyone may still be writing.
 _started_workers: list[CeleryWorker] = []

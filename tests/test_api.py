@@ -25,7 +25,7 @@ from django.utils.crypto import get_random_string
 
 from events.models import Event
 from tests.factories import upload_consumers, upload_text
-from tests.services import run_manage, wait_for
+from tests.processes import run_manage, wait_for
 from uploads.models import ApiToken, Upload
 from uploads.tokens import create_api_token, revoke_api_token, user_for_token
 

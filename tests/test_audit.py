@@ -22,7 +22,7 @@ from events.delivery import run_delivery
 from events.models import Delivery, Event
 from events.schemas import Envelope
 from tests.factories import upload_text
-from tests.services import FakeTerminal, run_manage
+from tests.processes import FakeTerminal, run_manage
 
 pytestmark = pytest.mark.django_db
 

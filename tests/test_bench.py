@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from events.registry import all_consumers
-from tests.services import ROOT
+from tests.processes import ROOT
 from uploads.events import FILE_UPLOADED
 
 RATIO = re.compile(r"^ratio: (?P<name>.+?) = (?P<value>[0-9.]+) \(target (?:>=|<=) [0-9.]+\) ")

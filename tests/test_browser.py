@@ -21,7 +21,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from tests.factories import upload_consumers
-from tests.services import wait_for
+from tests.processes import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import ROOT
+from tests.processes import ROOT
 
 APP_SERVICES = {"migrate", "web", "beat", "flower"}
 INFRA_SERVICES = {"postgres", "redis"}

@@ -16,7 +16,7 @@ from events.checks import (
     current_delivery_config,
     delivery_config_problems,
 )
-from tests.services import ROOT
+from tests.processes import ROOT
 
 # The base settings' defaults: consumers' own limits 60 and 120, CELERY_TASK_TIME_LIMIT.
 DEFAULTS = DeliveryConfig(

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from events.deployment import all_queues, procfile, worker_argv, worker_specs
 from events.registry import all_consumers, get_consumer
 from tests.probe.handlers import PROBE_EVENT
-from tests.services import ROOT, run_manage
+from tests.processes import ROOT, run_manage
 from tests.test_compose import _production_workers, _services, worker_problems
 
 KEYS = {

@@ -19,7 +19,7 @@ from events import correlation
 from events.models import Event
 from events.registry import consumers_for
 from tests.factories import publish_probe, settled, upload_text
-from tests.services import ROOT, wait_for
+from tests.processes import ROOT, wait_for
 from uploads.events import FILE_UPLOADED
 from uploads.services import create_upload
 

@@ -16,7 +16,7 @@ from notifications.models import Notification
 from tests.factories import publish_probe, settled, states, upload_consumers, upload_text
 from tests.probe.handlers import connection_marker, started_marker
 from tests.probe.models import ProbeEffect
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.services import delete_upload
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -10,7 +10,7 @@ import sys
 import pytest
 from django.core.management import call_command
 
-from tests.services import ROOT
+from tests.processes import ROOT
 
 # Settings the environment of a developer or CI run might carry into the subprocess.
 _INHERITED = ("DJANGO_", "TEST_", "EVENTS_TEST_")

@@ -25,7 +25,7 @@ from notifications.models import Notification
 from tests.conftest import RelayLoop
 from tests.factories import publish_probe, upload_text
 from tests.probe.models import ProbeEffect
-from tests.services import CeleryWorker, wait_for
+from tests.processes import CeleryWorker, wait_for
 from uploads.models import Upload
 from uploads.services import delete_upload
 

@@ -33,7 +33,7 @@ from tests.conftest import BeatLoop, RelayLoop
 from tests.factories import publish_fault, publish_probe, settled
 from tests.probe.handlers import attempts_seen, effect_marker
 from tests.probe.models import ProbeEffect
-from tests.services import CeleryWorker, RedisServer, wait_for
+from tests.processes import CeleryWorker, RedisServer, wait_for
 from uploads.models import Upload
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -21,7 +21,7 @@ from celery import current_app
 from events.models import Delivery, Event
 from events.registry import consumers_for
 from tests.factories import upload_text
-from tests.services import ROOT, free_port, wait_for
+from tests.processes import ROOT, free_port, wait_for
 from uploads.events import FILE_UPLOADED
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -7,7 +7,7 @@ from celery import current_app
 from django.db import OperationalError
 
 from events import views
-from tests.services import free_port
+from tests.processes import free_port
 
 
 class _BrokenConnection:

@@ -18,7 +18,7 @@ from indexing import extraction, handlers, services
 from indexing.extraction import Extraction
 from indexing.models import IndexEntry
 from tests.factories import settled, upload_consumers, upload_text
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.services import create_upload, delete_upload
 
 pytestmark = pytest.mark.django_db

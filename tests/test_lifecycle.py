@@ -22,7 +22,7 @@ from django.urls import reverse
 from audit.models import AuditEntry
 from events.models import Event
 from tests.factories import settled, upload_text
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.admin import UploadAdmin
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from events.models import Delivery, Event
 from events.selectors import PUBLIC_STATE_OF
 from tests.factories import settled, upload_text
-from tests.services import run_manage, wait_for
+from tests.processes import run_manage, wait_for
 
 TOKEN = "s3cret-metrics-token"
 

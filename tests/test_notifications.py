@@ -34,7 +34,7 @@ from notifications.checks import check_claim_timeout
 from notifications.models import Notification
 from notifications.services import message_id_for
 from tests.factories import settled, upload_text
-from tests.services import free_port, wait_for
+from tests.processes import free_port, wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from django.conf import settings
 
-from tests.services import ROOT
+from tests.processes import ROOT
 
 README = (ROOT / "README.md").read_text()
 

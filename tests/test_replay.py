@@ -36,7 +36,7 @@ from tests.factories import (
 )
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
-from tests.services import FakeTerminal, run_manage, wait_for
+from tests.processes import FakeTerminal, run_manage, wait_for
 from uploads.events import FILE_DELETED
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.services import ROOT, free_port, wait_for
+from tests.processes import ROOT, free_port, wait_for
 
 
 def get(url: str, request_id: str) -> int:

@@ -18,7 +18,7 @@ from tests.factories import (
     settled,
     upload_text,
 )
-from tests.services import FakeTerminal, run_manage, wait_for
+from tests.processes import FakeTerminal, run_manage, wait_for
 
 
 def age(events, days: int) -> None:

@@ -12,7 +12,7 @@ import pytest
 from django.test import RequestFactory
 from django.views.defaults import server_error
 
-from tests.services import ROOT, free_port
+from tests.processes import ROOT, free_port
 
 # Settings a developer's or CI's environment might carry into the child process.
 _INHERITED = ("DJANGO_", "TEST_", "EVENTS_TEST_", "FLOWER_")

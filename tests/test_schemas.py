@@ -28,7 +28,7 @@ from events.schemas import Envelope, schemas
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.factories import settled, upload_consumers, upload_text
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 

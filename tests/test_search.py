@@ -20,7 +20,7 @@ from django.core.management.base import CommandError
 from indexing import services
 from indexing.extraction import HIGHLIGHT_END, HIGHLIGHT_START, Extraction
 from indexing.search import fts5_query, highlight_html
-from tests.services import ROOT
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db
 

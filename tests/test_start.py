@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from events.deployment import all_queues
-from tests.services import ROOT, free_port, wait_for
+from tests.processes import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.worker
 

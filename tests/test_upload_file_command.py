@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from events.models import Event
-from tests.services import run_manage
+from tests.processes import run_manage
 from uploads.models import Upload
 
 pytestmark = pytest.mark.django_db(transaction=True)

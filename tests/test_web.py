@@ -15,7 +15,7 @@ from django.test import Client
 
 from events.models import Delivery, Event
 from tests.factories import upload_consumers, upload_text
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
 from uploads.selectors import ConsumerState, delivery_states, upload_as_json

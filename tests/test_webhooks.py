@@ -27,7 +27,7 @@ from events.exceptions import DeliveryBusy, TransientError
 from events.models import Delivery, Event
 from events.registry import get_consumer
 from tests.factories import upload_text
-from tests.services import wait_for
+from tests.processes import wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.services import delete_upload
 from webhooks import transport
