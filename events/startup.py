@@ -98,3 +98,20 @@ def require_flower_auth(sender: Any = None, **kwargs: Any) -> None:
     problem = flower_auth_problem(basic_auth=options.basic_auth or [])
     if problem:
         raise SystemExit(f"flower refused to start: {problem}")
+    protect_flower_metrics()
+
+
+def protect_flower_metrics() -> None:
+    """Put Flower's own ``/metrics`` behind its basic auth, like every other page.
+
+    Flower 2.2 serves ``/metrics`` to anyone (flower#1342): task names, worker names and
+    counts. Wrapping the handler with tornado's ``authenticated`` runs Flower's own
+    credential check (``BaseHandler.get_current_user``), so a scrape needs the same
+    ``user:password`` as a person (Prometheus: ``basic_auth`` in the scrape config).
+    """
+    import tornado.web
+    from flower.views.monitor import Metrics
+
+    if not getattr(Metrics.get, "requires_flower_auth", False):
+        Metrics.get = tornado.web.authenticated(Metrics.get)
+        Metrics.get.requires_flower_auth = True

@@ -85,8 +85,16 @@ def test_start_runs_redis_as_its_own_process_and_flower_lists_every_queue_at_onc
         # every queue but the test-only probe consumer's: bin/start runs the base settings
         assert set(all_queues()) - {"probe"} == procfile_queues()
         assert redis_answers(redis_port)
-        # Flower's own Prometheus metrics, as the README's scrape config reads them.
-        with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/metrics", timeout=5) as r:
+        # Flower's own Prometheus metrics, as the README's scrape config reads them: with
+        # Flower's credentials, and refused without them (Flower 2.2 alone serves anyone).
+        metrics = urllib.request.Request(f"http://127.0.0.1:{flower_port}/metrics")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(metrics, timeout=5)
+        assert refused.value.code == 401
+        metrics.add_header(
+            "Authorization", "Basic " + base64.b64encode(FLOWER_AUTH.encode()).decode()
+        )
+        with urllib.request.urlopen(metrics, timeout=5) as r:
             assert b"flower_worker_online" in r.read()
 
         # then: stopping bin/start stops its Redis too
