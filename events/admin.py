@@ -106,11 +106,11 @@ class EventAdmin(ReadOnlyAdmin):
             self.has_view_permission(request) and request.user.has_perm("events.view_delivery")  # type: ignore[union-attr]
         ):
             raise PermissionDenied
-        status = pipeline_status()
+        ledgers = ledger_by_consumer()
+        status = pipeline_status(ledgers)
         changelist = reverse("admin:events_delivery_changelist")
         # Every stored state, ``running`` included: operators see what holds a lease.
         states = delivery_state_names()
-        ledgers = ledger_by_consumer()
         rows = []
         for name, figures in status["consumers"].items():
             cells = [

@@ -93,20 +93,22 @@ def ledger_by_consumer() -> dict[str, ConsumerLedger]:
     }
 
 
-def pipeline_status() -> dict[str, Any]:
+def pipeline_status(ledgers: dict[str, ConsumerLedger] | None = None) -> dict[str, Any]:
     """The figures of ``event_status --json``: events, and per consumer its ledger states.
 
     The states are the public ones (``public_counts``). ``oldest_pending_seconds`` is the
     age of the oldest delivery still waiting (any state but done and dead), or ``None``
-    when nothing waits.
+    when nothing waits. A caller that already read ``ledger_by_consumer()`` passes it in.
     """
     now = timezone.now()
+    if ledgers is None:
+        ledgers = ledger_by_consumer()
     consumers = {
         name: {
             **public_counts(ledger.counts),
             "oldest_pending_seconds": ledger.oldest_waiting_seconds(now),
         }
-        for name, ledger in ledger_by_consumer().items()
+        for name, ledger in ledgers.items()
     }
     unenqueued = (
         Event.objects.filter(
