@@ -23,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
-from events.models import Event
+from events.models import Delivery, Event
 from tests.factories import upload_consumers, upload_text
 from tests.processes import run_manage, wait_for
 from uploads.models import ApiToken, Upload
@@ -456,6 +456,17 @@ def test_get_shows_one_upload(api, user):
     body = response.json()
     assert (body["id"], body["name"], body["size"]) == (upload.pk, "hello.txt", 5)
     assert set(body["deliveries"]) == set(upload_consumers())
+
+
+def test_a_delivery_an_attempt_is_running_shows_as_pending(api, user):
+    # ``running`` is the engine's state while an attempt holds its lease; the API keeps
+    # the public states, in which it is not done yet.
+    upload = upload_text(user)
+    Delivery.objects.filter(event__aggregate_id=str(upload.pk)).update(state="running")
+
+    body = api.get(detail_url(upload.pk)).json()
+
+    assert body["deliveries"] == dict.fromkeys(upload_consumers(), "pending")
 
 
 def test_download_is_the_file_as_an_attachment(api, user):

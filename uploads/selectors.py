@@ -12,7 +12,7 @@ from django.http import Http404
 
 from events.models import Delivery
 from events.registry import consumers_for
-from events.selectors import latest_deliveries_for_aggregates
+from events.selectors import PUBLIC_STATE_OF, latest_deliveries_for_aggregates
 from uploads.events import FILE_UPLOADED
 from uploads.models import Upload
 
@@ -23,8 +23,6 @@ STATE_LABELS = {
     Delivery.State.DEAD: "failed",
     Delivery.State.RETRYING: "retrying",
     Delivery.State.PENDING: "pending",
-    # An attempt holds its lease: to an owner it is not done yet.
-    Delivery.State.RUNNING: "pending",
 }
 USER_STATES = ("done", "pending", "retrying", "failed")
 # States after which nothing changes unless an operator replays.
@@ -98,7 +96,9 @@ def delivery_states(uploads: Iterable[Upload]) -> dict[int, dict[str, ConsumerSt
         found = {
             delivery.consumer: ConsumerState(
                 consumer=delivery.consumer,
-                state=STATE_LABELS.get(delivery.state, "pending"),
+                state=STATE_LABELS.get(
+                    PUBLIC_STATE_OF.get(delivery.state, delivery.state), "pending"
+                ),
                 attempts=delivery.attempts,
                 last_error=delivery.last_error,
             )
