@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from audit.models import AuditEntry
-from events.admin import ReadOnlyAdmin
+from monitoring.admin import ReadOnlyAdmin
 
 
 @admin.register(AuditEntry)

@@ -23,8 +23,8 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from events.db import one_or_none
 from events.models import Delivery
-from events.progress import ProgressCallback
 from events.schemas import Envelope
+from housekeeping.progress import ProgressCallback
 
 GENESIS_HASH = "0" * 64
 # The consumer's name in the event ledger (audit/apps.py registers it).

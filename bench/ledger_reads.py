@@ -39,11 +39,11 @@ def main() -> None:
     from django.core.management import call_command
     from django.utils import timezone
 
-    from events.charts import overview_charts
-    from events.metrics import render_metrics
     from events.models import Delivery, DeliveryAttempt, Event
     from events.registry import all_consumers
-    from events.retention import cutoff_for, prune_events
+    from housekeeping.retention import cutoff_for, prune_events
+    from monitoring.charts import overview_charts
+    from monitoring.metrics import render_metrics
 
     call_command("migrate", verbosity=0)
     call_command("flush", interactive=False, verbosity=0)

@@ -12,7 +12,7 @@ from celery import Celery
 
 # Signal receivers every ``celery -A config`` process needs: correlation ids, database
 # connections and logging per task; a worker and Flower refuse an unsafe configuration.
-from events import celery_signals, startup  # noqa: F401
+from config import celery_signals, startup  # noqa: F401
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 

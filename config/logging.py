@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any
 
-from events.correlation import current_task, get_correlation_id
+from config.correlation import current_task, get_correlation_id
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", (), None))) | {

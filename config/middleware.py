@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from events.correlation import HTTP_HEADER, correlation_scope, sanitize
+from config.correlation import HTTP_HEADER, correlation_scope, sanitize
 
 
 class CorrelationIdMiddleware:

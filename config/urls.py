@@ -7,8 +7,8 @@ from django.shortcuts import redirect
 from django.templatetags.static import static
 from django.urls import include, path
 
-from events.metrics import metrics
-from events.views import health
+from config.health import health
+from monitoring.metrics import metrics
 
 
 def favicon(request: HttpRequest) -> HttpResponse:

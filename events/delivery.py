@@ -80,14 +80,13 @@ def run_delivery(
     *,
     delivery_id: int,
     consumer_name: str | None = None,
-    event_type: str | None = None,
     task_id: str = "",
     worker: str = "",
 ) -> DeliveryOutcome:
     """Run one consumer's handler for one event: claim, prepare, apply and finish.
 
-    ``consumer_name`` comes from the message (it saves a read before the claim);
-    ``event_type`` is accepted for callers that pass it and not needed. Transient errors
+    ``consumer_name`` comes from the message (it saves a read before the claim).
+    Transient errors
     come back as ``retry`` with a backoff countdown for the caller to publish; permanent
     errors and exhausted attempts as ``dead``.
     """

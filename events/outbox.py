@@ -32,12 +32,11 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from events.correlation import get_correlation_id, task_headers
+from config.correlation import get_correlation_id, task_headers
 from events.exceptions import InvalidEventError
 from events.models import Delivery, Event
 from events.registry import consumers_for, get_consumer
 from events.schemas import schemas
-from events.signals import event_committed
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +99,11 @@ def record_event(
 
 
 def publish_committed(event: Event, deliveries: Sequence[Delivery]) -> None:
-    """After commit: send the domain signal and publish the event's deliveries.
+    """After commit: publish the event's deliveries.
 
     Never raises: whatever goes wrong here, the rows are committed and the relay
     publishes what this could not.
     """
-    event_committed.send_robust(sender=Event, envelope=event.to_envelope())
     for delivery in deliveries:
         delivery.event = event
     try:

@@ -105,8 +105,3 @@ def all_consumers() -> list[Consumer]:
 def consumers_for(event_type: str) -> list[Consumer]:
     """The consumers subscribed to ``event_type``, in registration order."""
     return [consumer for consumer in all_consumers() if consumer.handles(event_type)]
-
-
-def consumer_queues() -> list[str]:
-    """Each consumer queue once, in registration order."""
-    return list(dict.fromkeys(consumer.queue for consumer in all_consumers()))

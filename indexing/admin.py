@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from events.admin import ReadOnlyAdmin
 from indexing.models import IndexEntry
+from monitoring.admin import ReadOnlyAdmin
 
 TEXT_PREVIEW_CHARS = 2_000
 

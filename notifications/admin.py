@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from events.admin import ReadOnlyAdmin
+from monitoring.admin import ReadOnlyAdmin
 from notifications.models import Notification
 
 

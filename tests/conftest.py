@@ -15,7 +15,7 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from events.deployment import all_queues
+from config.deployment import all_queues
 from tests.processes import ROOT, CeleryWorker, RedisServer
 
 # Workers this session started, so teardown knows whether anyone may still be writing.

@@ -146,7 +146,7 @@ class CeleryWorker:
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        from events.deployment import worker_argv
+        from config.deployment import worker_argv
 
         self.process = subprocess.Popen(
             worker_argv(

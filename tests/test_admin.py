@@ -31,7 +31,7 @@ pytestmark = pytest.mark.django_db
 
 
 class PublishRecorder:
-    """Stands in for ``publish_deliveries_now`` where ``events.replay`` looks it up."""
+    """Stands in for ``publish_deliveries_now`` where ``housekeeping.replay`` looks it up."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, uuid.UUID]] = []
@@ -44,7 +44,7 @@ class PublishRecorder:
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
     recorder = PublishRecorder()
-    monkeypatch.setattr("events.replay.publish_deliveries_now", recorder)
+    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
     return recorder
 
 

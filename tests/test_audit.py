@@ -204,9 +204,7 @@ def audited_uploads(user: User, count: int) -> list[AuditEntry]:
         upload = upload_text(user, name=f"{n}.txt")
         event = Event.objects.get(type="file.uploaded", aggregate_id=str(upload.pk))
         delivery = Delivery.objects.get(event=event, consumer="audit")
-        outcome = run_delivery(
-            delivery_id=delivery.pk, consumer_name="audit", event_type=event.type
-        )
+        outcome = run_delivery(delivery_id=delivery.pk, consumer_name="audit")
         assert outcome.outcome == "done"
     return list(AuditEntry.objects.order_by("sequence"))
 

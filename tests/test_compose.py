@@ -87,7 +87,7 @@ def _production_workers() -> dict[str, int]:
     """Queue → concurrency of each worker the base settings' registry wants (no test-only
     consumers), the housekeeping ``events`` worker included."""
     code = (
-        "import json, django; django.setup(); from events.deployment import worker_specs; "
+        "import json, django; django.setup(); from config.deployment import worker_specs; "
         "print(json.dumps({s.queue: s.concurrency for s in worker_specs()}))"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.base"}
@@ -105,9 +105,9 @@ def worker_problems(services: dict[str, dict[str, Any]], wanted: dict[str, int])
     """How the compose workers differ from the workers the registry wants (queue → processes).
 
     Each queue needs a ``worker-<queue>`` service running the command line
-    ``events.deployment.worker_argv`` builds; no worker may run a queue nobody declared.
+    ``config.deployment.worker_argv`` builds; no worker may run a queue nobody declared.
     """
-    from events.deployment import worker_argv
+    from config.deployment import worker_argv
 
     problems = []
     workers = {name: s for name, s in services.items() if name.startswith("worker-")}

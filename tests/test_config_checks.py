@@ -10,7 +10,7 @@ import sys
 import pytest
 from django.core import checks
 
-from events.checks import (
+from config.checks import (
     DeliveryConfig,
     check_delivery_config,
     current_delivery_config,

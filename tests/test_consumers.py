@@ -16,7 +16,7 @@ import pytest
 from celery import current_app
 from django.core.management import call_command
 
-from events.deployment import all_queues, procfile, worker_argv, worker_specs
+from config.deployment import all_queues, procfile, worker_argv, worker_specs
 from events.registry import all_consumers, get_consumer
 from tests.probe.handlers import PROBE_EVENT
 from tests.processes import ROOT, run_manage

@@ -14,8 +14,8 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.management import call_command
 
+from config import correlation
 from config.logging import CorrelationFilter, JsonFormatter
-from events import correlation
 from events.models import Event
 from events.registry import consumers_for
 from tests.factories import publish_probe, settled, upload_text

@@ -6,7 +6,7 @@ import pytest
 from celery import current_app
 from django.db import OperationalError
 
-from events import views
+from config import health as views
 from tests.processes import free_port
 
 

@@ -47,7 +47,7 @@ def extract_stored(name: str, data: bytes | None = None, content_type: str = "")
 def deliver(event: Event) -> str:
     """Run the indexing delivery of ``event`` in this process, as a worker would."""
     delivery = Delivery.objects.get(event=event, consumer="indexing")
-    outcome = run_delivery(delivery_id=delivery.pk, consumer_name="indexing", event_type=event.type)
+    outcome = run_delivery(delivery_id=delivery.pk, consumer_name="indexing")
     return outcome.outcome
 
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from events.models import Delivery, Event
-from events.selectors import PUBLIC_STATE_OF
+from monitoring.selectors import PUBLIC_STATE_OF
 from tests.factories import settled, upload_text
 from tests.processes import run_manage, wait_for
 

@@ -100,9 +100,7 @@ def deliver(event: Event, *, from_message: bool = True) -> DeliveryOutcome:
     delivery = Delivery.objects.get(event=event, consumer="notifications")
     if not from_message:
         return run_delivery(delivery_id=delivery.pk)
-    return run_delivery(
-        delivery_id=delivery.pk, consumer_name="notifications", event_type=event.type
-    )
+    return run_delivery(delivery_id=delivery.pk, consumer_name="notifications")
 
 
 def delivery_of(event: Event) -> Delivery:

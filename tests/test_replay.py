@@ -25,8 +25,8 @@ from events import registry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.outbox import record_event
 from events.registry import Consumer, register_consumer
-from events.replay import Mode, ReplaySelection, replay_events, selected_events
 from events.schemas import Envelope
+from housekeeping.replay import Mode, ReplaySelection, replay_events, selected_events
 from notifications.models import Notification
 from tests.factories import (
     bulk_probe_events,
@@ -64,7 +64,7 @@ class PublishRecorder:
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
     recorder = PublishRecorder()
-    monkeypatch.setattr("events.replay.publish_deliveries_now", recorder)
+    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
     return recorder
 
 
@@ -285,7 +285,7 @@ def test_broker_down_leaves_reset_deliveries_in_the_outbox_and_exits_non_zero(mo
     def broker_down(deliveries: Any, **kwargs: Any) -> list[int]:
         return []
 
-    monkeypatch.setattr("events.replay.publish_deliveries_now", broker_down)
+    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", broker_down)
     # and an event the session worker never hears of (no on-commit publish)
     monkeypatch.setattr("events.outbox.publish_committed", lambda *args: None)
     event = probe_event()

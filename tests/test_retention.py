@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
-from events.retention import cutoff_for, prune_events, prune_events_task, prune_old_events
+from housekeeping.retention import cutoff_for, prune_events, prune_old_events
+from housekeeping.tasks import prune_events_task
 from tests.factories import (
     bulk_probe_events,
     peak_memory_against_loading_the_log,
@@ -182,8 +183,8 @@ def test_a_prune_past_its_time_budget_stops_after_the_chunk_it_is_in(user):
 def test_beat_task_sends_itself_again_until_the_prune_is_finished(user, monkeypatch):
     # One chunk per run, as if each took the whole time budget: the relay, on the same
     # single-process worker of the events queue, runs between two runs.
-    monkeypatch.setattr("events.retention.TASK_TIME_BUDGET_SECONDS", 0)
-    monkeypatch.setattr("events.retention.DEFAULT_CHUNK_SIZE", 1)
+    monkeypatch.setattr("housekeeping.tasks.TASK_TIME_BUDGET_SECONDS", 0)
+    monkeypatch.setattr("housekeeping.retention.DEFAULT_CHUNK_SIZE", 1)
     sent: list[dict] = []
     monkeypatch.setattr(prune_events_task, "apply_async", lambda **kw: sent.append(kw))
     for _ in range(2):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from events.deployment import all_queues
+from config.deployment import all_queues
 from tests.processes import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.worker

@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from events.models import Delivery
-from events.selectors import latest_deliveries_for_aggregates
+from monitoring.selectors import latest_deliveries_for_aggregates
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone
 from uploads.models import ApiToken, Upload

@@ -12,7 +12,7 @@ from django.http import Http404
 
 from events.models import Delivery
 from events.registry import consumers_for
-from events.selectors import PUBLIC_STATE_OF, latest_deliveries_for_aggregates
+from monitoring.selectors import PUBLIC_STATE_OF, latest_deliveries_for_aggregates
 from uploads.events import FILE_UPLOADED
 from uploads.models import Upload
 

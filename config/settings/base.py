@@ -1,22 +1,15 @@
 """Settings for every environment, read from the environment through django-environ.
 
 Defaults run the whole stack on one machine: SQLite under ``var/``, Redis on
-127.0.0.1:6379, mail written to files under ``var/mail/``.
+127.0.0.1:6379, mail written to files under ``var/mail/``. One module per concern: this
+one holds Django's own and the apps'; the Celery app's are in ``celery.py`` and the event
+pipeline's in ``events.py``, both imported at the end. ``docs/settings.md`` lists every
+variable.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import environ
-from celery.schedules import crontab
-
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
-VAR_DIR = BASE_DIR / "var"
-
-env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+from config.env import VAR_DIR, env
 
 # ------------------------------------------------------------------------------
 # Core
@@ -49,7 +42,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # Sign-in lock-out (see "Sign in and out" below).
     "axes",
+    # Process wiring: system checks (config/apps.py).
+    "config.apps.ProjectConfig",
+    # The kernel, then what operates it: replay and retention, admin, status and metrics.
     "events",
+    "housekeeping",
+    "monitoring",
     "uploads",
     "notifications",
     "indexing",
@@ -186,7 +184,7 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # Celery 5.7's Django fixup closes every connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (celery#4116, #9824); it then closes them only every that
-# many tasks. events/celery_signals.py applies CONN_MAX_AGE and the health check around each task
+# many tasks. config/celery_signals.py applies CONN_MAX_AGE and the health check around each task
 # instead, as Django does around each request. Reconnecting per task (PostgreSQL forks a
 # backend, SQLite reruns the PRAGMAs) cost more than a delivery's own queries.
 CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
@@ -233,120 +231,7 @@ NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = env.int("NOTIFICATIONS_CLAIM_TIMEOUT_SECON
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)
 
 # ------------------------------------------------------------------------------
-# Celery
-# ------------------------------------------------------------------------------
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
-# Never pickle: a message must not be able to run code in a worker.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
-CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_SERIALIZER = "json"
-CELERY_RESULT_SERIALIZER = "json"
-CELERY_EVENT_SERIALIZER = "json"
-# The delivery ledger is the record of what happened; no result backend is needed.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-ignore-result
-CELERY_TASK_IGNORE_RESULT = True
-# Ack after the handler ran, so a worker that dies mid-task leaves the message for
-# another one; reject (requeue) when the pool process is killed.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
-CELERY_TASK_ACKS_LATE = True
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# Unacked messages come back after this long. It must exceed the longest task time
-# limit and the longest retry countdown, or Redis hands a message out twice.
-# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
-CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
-# Short socket timeouts and few connection retries keep a publish from hanging a web
-# request when Redis is down (celery#4556, #4296): the event waits in the outbox.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
-    "socket_connect_timeout": 1,
-    "socket_timeout": 5,
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.5,
-}
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-timeout
-CELERY_BROKER_CONNECTION_TIMEOUT = 2
-# Bounded retry for every publish; the relay re-enqueues what still failed.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-publish-retry-policy
-CELERY_TASK_PUBLISH_RETRY = True
-CELERY_TASK_PUBLISH_RETRY_POLICY = {
-    "max_retries": 1,
-    "interval_start": 0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
-# Workers keep retrying to reach the broker at startup instead of exiting.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Default time limits; each consumer may declare its own (events.registry.Consumer).
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
-CELERY_TASK_TIME_LIMIT = 120
-CELERY_TASK_SOFT_TIME_LIMIT = 100
-# Task events cost about half the worker throughput (DESIGN.md). Flower switches them
-# on in running workers when it starts (its enable_events option), so they are there
-# whenever someone watches. Set CELERY_WORKER_SEND_TASK_EVENTS=true to force them on.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
-CELERY_WORKER_SEND_TASK_EVENTS = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
-CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_WORKER_SEND_TASK_EVENTS", default=False)
-# With acks late a worker reserves up to multiplier x concurrency messages and holds
-# them unacknowledged, maybe for minutes behind a long task, while idle workers could
-# run them. 1 reserves one message per pool process: each waits in Redis, where any
-# free worker takes it. Costs one more round trip per task, nothing else here.
-# https://docs.celeryq.dev/en/stable/userguide/optimizing.html#prefetch-limits
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# False on purpose: when the broker connection drops, a running task keeps running and
-# commits its delivery (the ledger, not the ack, records success); the message that
-# Redis hands out again finds it done and is skipped. Cancelling (True) would kill the
-# attempt after its claim counted it, wasting an attempt and the work on a broker blip.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-hijack-root-logger
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_TASK_DEFAULT_QUEUE = "events"
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-schedule
-CELERY_BEAT_SCHEDULE = {
-    "relay-outbox": {
-        "task": "events.relay_outbox",
-        "schedule": env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=5.0),
-        "options": {"queue": "events", "expires": 30},
-    },
-    # Retention (events/retention.py), daily at a quiet hour; EVENTS_RETENTION_DAYS=0 skips.
-    "prune-events": {
-        "task": "events.prune_events",
-        "schedule": crontab(minute=17, hour=3),
-        "options": {"queue": "events", "expires": 3600},
-    },
-}
-# Modules with tasks outside a tasks.py, imported by every worker.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#imports
-CELERY_IMPORTS = ("events.retention",)
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-
-# ------------------------------------------------------------------------------
-# Event pipeline
-# ------------------------------------------------------------------------------
-# A claim holds a delivery for the consumer's hard time limit plus this margin; after
-# that its attempt is dead for sure (killed, out of memory, host lost) and the relay
-# sends the delivery again. The margin covers the pool replacing a killed process.
-EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=30)
-# How long the relay leaves a delivery to the process that is publishing it (on commit,
-# a retry, another relay) before it counts the unconfirmed send as lost.
-EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=10)
-# Exponential backoff with full jitter for transient handler errors.
-EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=2.0)
-EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", default=600)
-EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
-# Beat deletes events older than this many days whose deliveries are all done
-# (prune_events); 0 keeps everything.
-EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=30)
-
-# ------------------------------------------------------------------------------
-# Metrics (events/metrics.py): /metrics needs "Authorization: Bearer <token>" and is a
+# Metrics (monitoring/metrics.py): /metrics needs "Authorization: Bearer <token>" and is a
 # 404 while the token is empty.
 # ------------------------------------------------------------------------------
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
@@ -395,3 +280,9 @@ LOGGING = {
         "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
+
+# ------------------------------------------------------------------------------
+# Celery and the event pipeline, one module each
+# ------------------------------------------------------------------------------
+from config.settings.celery import *  # noqa: E402, F403
+from config.settings.events import *  # noqa: E402, F403

@@ -13,8 +13,9 @@ from pathlib import Path
 # in tests); a test run has its own, set before they load. Never used outside tests.
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-settings-only-" + "x" * 50)
 
+from config.env import BASE_DIR, env
 from config.settings.base import *  # noqa: F403
-from config.settings.base import BASE_DIR, DATABASES, INSTALLED_APPS, env
+from config.settings.base import DATABASES, INSTALLED_APPS
 
 # A probe consumer and event type that tests use to inject failures into a real worker.
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.probe"]

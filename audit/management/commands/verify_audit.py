@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.models import AuditEntry
 from audit.services import verify_chain
-from events.progress import terminal_progress
+from housekeeping.progress import terminal_progress
 
 
 def _hash(value: str) -> str:

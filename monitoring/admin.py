@@ -1,7 +1,7 @@
 """Admin for the event log and the delivery ledger, and the events overview page.
 
 History is read-only: events and delivery rows are never edited by hand. The only
-writes are the two delivery actions, which go through ``events.replay`` so a
+writes are the two delivery actions, which go through ``housekeeping.replay`` so a
 re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
 """
 
@@ -17,10 +17,10 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
-from events.charts import overview_charts
 from events.models import Delivery, DeliveryAttempt, Event
-from events.replay import ReplayReport, redeliver_deliveries
-from events.selectors import (
+from housekeeping.replay import ReplayReport, redeliver_deliveries
+from monitoring.charts import overview_charts
+from monitoring.selectors import (
     FINISHED_STATES,
     delivery_state_names,
     ledger_by_consumer,

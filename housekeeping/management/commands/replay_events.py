@@ -8,7 +8,7 @@ Examples::
     manage.py replay_events --upload 42 --force --dry-run               # what a forced replay would do
 
 Deliveries already ``done`` are skipped unless ``--force``; a forced replay is safe
-because every handler is idempotent (see ``events/replay.py``).
+because every handler is idempotent (see ``housekeeping/replay.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from events.management.arguments import positive_int
 from events.models import Event
-from events.progress import terminal_progress
 from events.registry import all_consumers, get_consumer
-from events.replay import (
+from events.schemas import schemas
+from housekeeping.management.arguments import positive_int
+from housekeeping.progress import terminal_progress
+from housekeeping.replay import (
     DEFAULT_CHUNK_SIZE,
     ConsumerTally,
     Mode,
@@ -34,7 +35,6 @@ from events.replay import (
     count_selected_events,
     replay_events,
 )
-from events.schemas import schemas
 
 
 class Command(BaseCommand):

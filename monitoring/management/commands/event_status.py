@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.selectors import pipeline_status, public_state_names, status_breaches
+from monitoring.selectors import pipeline_status, public_state_names, status_breaches
 
 DEFAULT_MAX_DEAD = 0
 DEFAULT_MAX_WAITING_SECONDS = 300.0

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from events.deployment import procfile
+from config.deployment import procfile
 from events.registry import Consumer, all_consumers
 
 

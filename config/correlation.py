@@ -2,7 +2,7 @@
 
 A web request takes it from a sane ``X-Request-ID`` header or makes one
 (``config.middleware``); a management command gets one for its whole process; a worker
-takes it from the task's ``x_correlation_id`` header (``events.celery_signals``). It is stored
+takes it from the task's ``x_correlation_id`` header (``config.celery_signals``). It is stored
 on each event (``Event.correlation_id``), sent with every consumer task, and added to
 every log line (``config.logging``), so one upload can be followed from the request
 through every consumer.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ def delivery_state_names() -> list[str]:
     return [Delivery.State.DONE, *(s for s in Delivery.State.values if s != Delivery.State.DONE)]
 
 
-# ``event_status``, the pages and the API show the public states of DESIGN (done, pending,
+# ``event_status``, the pages and the API show the public states (docs/architecture.md: done, pending,
 # retrying, dead): there a ``running`` delivery (an attempt holds its lease) is not done
 # yet and counts as pending. Admin and /metrics show every stored state.
 PUBLIC_STATE_OF = {Delivery.State.RUNNING: Delivery.State.PENDING}
@@ -121,31 +121,6 @@ def pipeline_status(ledgers: dict[str, ConsumerLedger] | None = None) -> dict[st
         "events": {"total": Event.objects.count(), "unenqueued": unenqueued},
         "consumers": consumers,
     }
-
-
-def events_in_chunks(events: QuerySet[Event], *, chunk_size: int) -> Iterator[list[Event]]:
-    """``events`` in (occurred_at, id) order, by keyset, ``chunk_size`` at a time.
-
-    Keyset rather than OFFSET: each page is an index range scan from the last row seen,
-    so the millionth event costs what the first did, and rows appended (new uploads) or
-    deleted (a prune) meanwhile do not shift the pages.
-    """
-    ordered = events.order_by("occurred_at", "id")
-    last: Event | None = None
-    while True:
-        page = ordered
-        if last is not None:
-            page = page.filter(
-                Q(occurred_at__gt=last.occurred_at)
-                | Q(occurred_at=last.occurred_at, id__gt=last.id)
-            )
-        chunk = list(page[:chunk_size])
-        if not chunk:
-            return
-        yield chunk
-        if len(chunk) < chunk_size:
-            return
-        last = chunk[-1]
 
 
 def latest_deliveries_for_aggregates(

@@ -12,7 +12,7 @@ any process answers the same. Nothing is kept between scrapes.
     gauge histogram of the deliveries completed in the last ``LATENCY_WINDOW``, from the
     event's ``occurred_at`` to the delivery's ``completed_at``: ``_bucket{le}``,
     ``_gcount``, ``_gsum`` (events older than ``RECENT_EVENT_HORIZON`` are not read:
-    see ``events.selectors.recently_done``). A window, not a running total, so pruning the ledger never
+    see ``monitoring.selectors.recently_done``). A window, not a running total, so pruning the ledger never
     makes it go backwards; ``histogram_quantile`` reads the buckets directly (no ``rate``).
 """
 
@@ -30,7 +30,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
-from events.selectors import ledger_by_consumer, recent_latency
+from monitoring.selectors import ledger_by_consumer, recent_latency
 
 LATENCY_WINDOW = dt.timedelta(hours=1)
 # From a fast handler on an idle queue to a delivery that waited out an hour's outage.

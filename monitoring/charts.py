@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from events.selectors import MinuteFigures, done_per_minute
+from monitoring.selectors import MinuteFigures, done_per_minute
 
 WIDTH = 300
 HEIGHT = 64

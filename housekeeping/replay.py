@@ -47,9 +47,9 @@ from django.utils import timezone
 from events.delivery import run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
-from events.progress import ProgressCallback
 from events.registry import Consumer, all_consumers, get_consumer
-from events.selectors import events_in_chunks
+from housekeeping.progress import ProgressCallback
+from housekeeping.selectors import events_in_chunks
 
 DEFAULT_CHUNK_SIZE = 500
 # How long the relay leaves a chunk to ``--inline`` before publishing what is still open.
@@ -373,7 +373,6 @@ def _deliver_inline(deliveries: list[Delivery], report: ReplayReport) -> None:
         outcome = run_delivery(
             delivery_id=delivery.pk,
             consumer_name=delivery.consumer,
-            event_type=delivery.event.type,
             worker=worker,
         )
         report.tally(delivery.consumer).outcomes[outcome.outcome] += 1

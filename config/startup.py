@@ -3,7 +3,7 @@
 Connected on import; ``config/celery.py`` imports this module:
 
 - a worker refuses to start on a configuration that would duplicate or lose work (the
-  rules are ``events.checks``);
+  rules are ``config.checks``);
 - Flower refuses to start without basic auth.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 from celery.signals import import_modules, worker_init
 
-from events import correlation
-from events.checks import current_delivery_config, delivery_config_problems
+from config import correlation
+from config.checks import current_delivery_config, delivery_config_problems
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Connected on import; ``config/celery.py`` imports this module, so they apply whe
 process runs with ``celery -A config``:
 
 - Celery keeps Django's ``LOGGING`` instead of replacing the root logger;
-- a task runs with the correlation id its message carries (``events.correlation``), so
+- a task runs with the correlation id its message carries (``config.correlation``), so
   its log lines say which request or command it serves, and tasks it sends carry it on;
 - database connections live across tasks as they do across requests (``CONN_MAX_AGE``,
   ``CONN_HEALTH_CHECKS``), instead of Celery's reconnect per task.
@@ -18,7 +18,7 @@ from typing import Any
 from celery import Task
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun
 
-from events import correlation
+from config import correlation
 
 
 @setup_logging.connect

@@ -19,15 +19,14 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from events.models import Delivery, DeliveryAttempt, Event
-from events.progress import ProgressCallback
-from events.selectors import events_in_chunks
+from housekeeping.progress import ProgressCallback
+from housekeeping.selectors import events_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -152,21 +151,3 @@ def prune_old_events(*, max_seconds: float | None = None) -> PruneReport | None:
         report.kept,
     )
     return report
-
-
-# One run of the task stops well inside the default task time limits (100 s soft,
-# 120 s hard): the events worker, which also runs the relay, is never held for long.
-TASK_TIME_BUDGET_SECONDS = 60
-
-
-# Imported by workers through CELERY_IMPORTS; beat sends it once a day (settings).
-@shared_task(name="events.prune_events", ignore_result=True)
-def prune_events_task() -> None:
-    """Beat's daily retention run: ``prune_old_events`` on a worker of the events queue.
-
-    A large first prune goes in runs of ``TASK_TIME_BUDGET_SECONDS``: each run that
-    did not finish sends the task again, behind the relay tasks queued meanwhile.
-    """
-    report = prune_old_events(max_seconds=TASK_TIME_BUDGET_SECONDS)
-    if report is not None and not report.finished:
-        prune_events_task.apply_async(queue="events")

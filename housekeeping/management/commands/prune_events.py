@@ -15,9 +15,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from events.management.arguments import positive_int
-from events.progress import terminal_progress
-from events.retention import (
+from housekeeping.management.arguments import positive_int
+from housekeeping.progress import terminal_progress
+from housekeeping.retention import (
     DEFAULT_CHUNK_SIZE,
     PruneReport,
     count_prunable,

@@ -3,7 +3,7 @@
 ``delivery_config_problems`` is pure: it takes the numbers and flags and returns what is
 wrong, one sentence each. ``current_delivery_config`` reads them from the Celery app,
 Django settings and the consumer registry. A starting worker calls both
-(``events.startup``) and exits with the problems; ``manage.py check`` (and so ``migrate``
+(``config.startup``) and exits with the problems; ``manage.py check`` (and so ``migrate``
 and ``runserver``) reports them too.
 """
 
@@ -174,7 +174,6 @@ def current_delivery_config(app: Any = None) -> DeliveryConfig:
     )
 
 
-@checks.register("celery")
 def check_delivery_config(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Django system check: the same rules a worker enforces at startup."""
     return [

@@ -1,0 +1,22 @@
+"""The event pipeline's settings (``events`` and what operates it)."""
+
+from __future__ import annotations
+
+from config.env import env
+
+# A claim holds a delivery for the consumer's hard time limit plus this margin; after
+# that its attempt is dead for sure (killed, out of memory, host lost) and the relay
+# sends the delivery again. The margin covers the pool replacing a killed process.
+EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=30)
+# How long the relay leaves a delivery to the process that is publishing it (on commit,
+# a retry, another relay) before it counts the unconfirmed send as lost.
+EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=10)
+# Exponential backoff with equal jitter (half fixed, half random) for transient errors.
+EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=2.0)
+EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", default=600)
+EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
+# Beat deletes events older than this many days whose deliveries are all done
+# (prune_events); 0 keeps everything.
+EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=30)
+# How often beat runs the relay (events.relay_outbox).
+EVENTS_RELAY_INTERVAL_SECONDS = env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=5.0)
