@@ -1,4 +1,8 @@
-"""The notifications consumer, declared once; ``events`` finds this module and builds its task."""
+"""The notifications consumer, declared once; ``events`` finds this module and builds its task.
+
+Its name is written here and nowhere else: other code that needs it reads
+``notifications.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+"""
 
 from events.registry import Consumer, register_consumer
 from notifications import handlers
