@@ -1,13 +1,16 @@
-"""The audit consumer, declared once; ``events`` finds this module and builds its task."""
+"""The audit consumer, declared once; ``events`` finds this module and builds its task.
+
+Its name is written here and nowhere else: other code that needs it reads
+``audit.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+"""
 
 from audit import handlers
-from audit.services import AUDIT_CONSUMER
 from events.registry import Consumer, register_consumer
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
     Consumer(
-        name=AUDIT_CONSUMER,
+        name="audit",
         queue="audit",
         handlers={FILE_UPLOADED: handlers.record, FILE_DELETED: handlers.record},
         # Concurrent appends that lose the race for the chain head retry quickly.

@@ -27,8 +27,6 @@ from events.schemas import Envelope
 from housekeeping.progress import ProgressCallback
 
 GENESIS_HASH = "0" * 64
-# The consumer's name in the event ledger (audit/apps.py registers it).
-AUDIT_CONSUMER = "audit"
 # Any fixed number: the key of the PostgreSQL advisory lock that serializes appends.
 _CHAIN_LOCK_KEY = 0x0A0D17
 
@@ -155,8 +153,11 @@ def verify_chain(
 
 def _unrecorded_event(checked: int) -> str:
     """The first event the ledger says audit finished but which has no entry, said plainly."""
+    # Imported here: the consumer module imports the handlers, which import this one.
+    from audit.consumer import consumer
+
     missing = (
-        Delivery.objects.filter(consumer=AUDIT_CONSUMER, state=Delivery.State.DONE)
+        Delivery.objects.filter(consumer=consumer.name, state=Delivery.State.DONE)
         .exclude(event_id__in=AuditEntry.objects.values("event_id"))
         .select_related("event")
         .order_by("event__recorded_at", "pk")

@@ -1,4 +1,8 @@
-"""The indexing consumer, declared once; ``events`` finds this module and builds its task."""
+"""The indexing consumer, declared once; ``events`` finds this module and builds its task.
+
+Its name is written here and nowhere else: other code that needs it reads
+``indexing.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+"""
 
 from events.registry import Consumer, register_consumer
 from indexing import handlers

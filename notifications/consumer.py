@@ -1,7 +1,11 @@
-"""The notifications consumer, declared once; ``events`` finds this module and builds its task."""
+"""The notifications consumer, declared once; ``events`` finds this module and builds its task.
+
+Its name is written here and nowhere else: other code that needs it reads
+``notifications.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+"""
 
 from events.registry import Consumer, register_consumer
-from notifications import checks, handlers  # noqa: F401 (checks: registers a check)
+from notifications import handlers
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
@@ -12,7 +16,7 @@ consumer = register_consumer(
             FILE_UPLOADED: handlers.notify_upload,
             FILE_DELETED: handlers.notify_deletion,
         },
-        # NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS must stay at or above time_limit.
+        # Also how long a mail's claim protects the attempt sending it (events.effects).
         time_limit=60,
         soft_time_limit=45,
         concurrency=2,

@@ -6,15 +6,16 @@ The handler is a ``TwoStepHandler``: all of this runs in ``prepare``, before the
 delivery row is locked, so the SMTP exchange never holds a database lock (on SQLite,
 the whole database's write lock). Each step is its own short transaction:
 
-1. **Claim.** Insert the ``Notification`` row as ``claimed``. The unique (event,
-   recipient) pair decides a race: only one attempt inserts it. An attempt that finds
-   the row already there does nothing if it is ``sent`` or ``skipped``; raises
-   ``DeliveryBusy`` (look again soon, without counting a failed attempt) if another
-   attempt claimed it less than ``NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS`` ago; and takes it over with a conditional
-   UPDATE, which only one taker wins, if the claim is older than that (the attempt
-   holding it crashed: the timeout is at least the consumer's hard time limit, after
-   which Celery has killed that attempt) or if the row is ``rejected`` (the server
-   accepted nothing; only a replay of the dead delivery gets here).
+1. **Claim** the mail with ``events.effects.claim_effect``: inserting the
+   ``Notification`` row as ``claimed`` decides a race, since the unique (event,
+   recipient) pair lets one attempt insert it. An attempt that finds the row already
+   there does nothing if it is ``sent`` or ``skipped``; raises ``DeliveryBusy`` (look
+   again soon, without counting a failed attempt) if another attempt's claim is younger
+   than the consumer's lease (its hard time limit plus ``EVENTS_LEASE_MARGIN_SECONDS``,
+   on the database's clock); and takes it over with a conditional UPDATE, which only one
+   taker wins, if the claim is older than that (Celery has killed the attempt holding
+   it) or if the row is ``rejected`` (the server accepted nothing; only a replay of the
+   dead delivery gets here).
 2. **Send** with a ``Message-ID`` derived from the event id and recipient.
 3. **Mark** the row ``sent`` with ``sent_at``.
 
@@ -40,16 +41,10 @@ A 5xx reply (including every recipient refused with 5xx): the row becomes ``reje
 with the server's reply and ``PermanentError`` sends the delivery dead with it. An
 owner without an email address, or deleted since: the row is ``skipped`` with the
 reason, no mail, and the delivery is done.
-
-When ``run_delivery`` is called without the consumer and event type (``prepare`` then
-runs under the delivery lock, inside its transaction), the steps become savepoints of
-that transaction: the outcome is the same, except that a ``rejected`` row rolls back
-with the failed delivery (which records the reason as ``last_error``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import re
@@ -66,28 +61,17 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from events.db import one_or_none
-from events.exceptions import DeliveryBusy, PermanentError, TransientError
+from events.effects import CLAIMED, claim_effect
+from events.exceptions import PermanentError, TransientError
+from events.registry import Consumer
 from events.schemas import Envelope
 from notifications.models import Notification
 
 logger = logging.getLogger(__name__)
 
-# How soon a duplicate that found the mail claimed looks again: the holder is usually
-# done by then; if it died, the look after the claim goes stale takes over.
-BUSY_RETRY_SECONDS = 10.0
 _SUBJECT_MAX = Notification._meta.get_field("subject").max_length or 255
-# A claim can vanish (released) between a failed insert and the read that follows it.
-_CLAIM_TRIES = 3
-
-
-def claim_timeout() -> dt.timedelta:
-    """How long a claim protects an attempt that is sending; older claims are taken over.
-
-    ``NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS`` must be at least the notifications
-    consumer's hard time limit (``notifications.checks`` enforces it): a claim older
-    than that belongs to an attempt that Celery has already killed.
-    """
-    return dt.timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS)
+# Once mailed, skipped on purpose: never again. A rejected mail is tried again (replay).
+FINISHED = (Notification.State.SENT, Notification.State.SKIPPED)
 
 
 def message_id_for(event_id: object, recipient: str) -> str:
@@ -140,8 +124,19 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
         return _record_skipped(envelope, mail.subject, reason)
 
     recipient = owner.email
-    notification = claim(envelope.id, recipient, mail.subject)
-    if notification.state != Notification.State.CLAIMED:
+    notification = claim_effect(
+        Notification,
+        key={"event_id": envelope.id, "recipient": recipient},
+        consumer=_consumer(),
+        finished=FINISHED,
+        fields={
+            "subject": mail.subject,
+            "reason": "",
+            "message_id": message_id_for(envelope.id, recipient),
+        },
+        what=f"the mail to {recipient}",
+    )
+    if notification.state != CLAIMED:
         return notification  # sent or skipped by an earlier attempt: nothing to do
 
     try:
@@ -174,69 +169,6 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
     return notification
 
 
-def claim(event_id: object, recipient: str, subject: str) -> Notification:
-    """Take the right to send the mail of (``event_id``, ``recipient``).
-
-    Returns the row in state ``claimed``, now held by this attempt, or a finished row
-    (``sent`` or ``skipped``) when there is nothing left to do. Raises
-    ``DeliveryBusy`` while another attempt's claim is fresh.
-    """
-    timeout = claim_timeout()
-    for _ in range(_CLAIM_TRIES):
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                return Notification.objects.create(
-                    event_id=event_id,
-                    recipient=recipient,
-                    subject=subject,
-                    state=Notification.State.CLAIMED,
-                    claimed_at=now,
-                    message_id=message_id_for(event_id, recipient),
-                )
-        except IntegrityError:
-            pass  # the row exists: look at it
-        existing = one_or_none(Notification.objects.filter(event_id=event_id, recipient=recipient))
-        if existing is None:
-            continue  # released since the insert failed: try again
-        if existing.state in (Notification.State.SENT, Notification.State.SKIPPED):
-            return existing
-        if (
-            existing.state == Notification.State.CLAIMED
-            and existing.claimed_at is not None
-            and existing.claimed_at > now - timeout
-        ):
-            age = (now - existing.claimed_at).total_seconds()
-            raise DeliveryBusy(
-                f"another attempt is sending this mail to {recipient} (claimed {age:.0f} s "
-                f"ago; taken over after {timeout.total_seconds():g} s)",
-                retry_after=min(BUSY_RETRY_SECONDS, timeout.total_seconds() - age + 1),
-            )
-        # A stale claim (its attempt crashed) or a rejected mail (nothing was accepted):
-        # take it over. The condition on the state and claim time seen lets one taker win.
-        with transaction.atomic():
-            taken = Notification.objects.filter(
-                pk=existing.pk, state=existing.state, claimed_at=existing.claimed_at
-            ).update(
-                state=Notification.State.CLAIMED,
-                claimed_at=now,
-                subject=subject,
-                reason="",
-                message_id=message_id_for(event_id, recipient),
-            )
-        if taken:
-            logger.warning(
-                "took over the %s notification of event %s to %s (claimed at %s)",
-                existing.state,
-                event_id,
-                recipient,
-                existing.claimed_at,
-            )
-            existing.refresh_from_db()
-            return existing
-    raise TransientError(f"could not claim the mail to {recipient}: too much contention")
-
-
 def send_mail(mail: Mail, recipient: str, message_id: str) -> None:
     """Hand one mail (text with an HTML alternative) to the configured backend.
 
@@ -264,6 +196,13 @@ def send_mail(mail: Mail, recipient: str, message_id: str) -> None:
 # ------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------
+def _consumer() -> Consumer:
+    # Imported here: the consumer module imports the handlers, which import this one.
+    from notifications.consumer import consumer
+
+    return consumer
+
+
 def _context(envelope: Envelope, owner: Any) -> dict[str, Any]:
     payload = envelope.payload
     greeting = ""

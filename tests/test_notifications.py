@@ -22,15 +22,16 @@ from django.contrib.auth.models import User
 from django.core import mail as django_mail
 from django.core.mail.backends import locmem
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from events.delivery import DeliveryOutcome, run_delivery
+from events.delivery import DeliveryOutcome, lease_seconds, run_delivery
 from events.exceptions import TransientError
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now, record_event
 from events.schemas import Envelope, schemas
 from notifications import handlers
-from notifications.checks import check_claim_timeout
+from notifications.consumer import consumer
 from notifications.models import Notification
 from notifications.services import message_id_for
 from tests.factories import settled, upload_text
@@ -38,13 +39,6 @@ from tests.processes import free_port, wait_for
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 pytestmark = pytest.mark.django_db
-
-CLAIM_TIMEOUT = 120
-
-
-@pytest.fixture(autouse=True)
-def _claim_timeout(settings) -> None:
-    settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = CLAIM_TIMEOUT
 
 
 # ------------------------------------------------------------------------------
@@ -69,12 +63,28 @@ def uploaded_event(owner: User | None, *, name: str = "notes.txt", owner_id: int
         )
 
 
-def earlier_attempt_left(event: Event, owner: User, state: str, **fields: object) -> Notification:
-    """The ``Notification`` row an earlier attempt at ``event``'s mail left behind."""
+def earlier_attempt_left(
+    event: Event,
+    owner: User,
+    state: str,
+    *,
+    claimed_seconds_ago: float | None = None,
+    **fields: object,
+) -> Notification:
+    """The ``Notification`` row an earlier attempt at ``event``'s mail left behind.
+
+    Its claim time is set that long before the database's clock, the clock claims use.
+    """
     fields.setdefault("subject", "Uploaded: notes.txt")
-    return Notification.objects.create(
+    row = Notification.objects.create(
         event_id=event.id, recipient=owner.email, state=state, **fields
     )
+    if claimed_seconds_ago is not None:
+        Notification.objects.filter(pk=row.pk).update(
+            claimed_at=Now() - dt.timedelta(seconds=claimed_seconds_ago)
+        )
+        row.refresh_from_db()
+    return row
 
 
 def deleted_event(owner: User, *, name: str = "notes.txt") -> Event:
@@ -94,8 +104,8 @@ def envelope_of(event: Event) -> Envelope:
 def deliver(event: Event, *, from_message: bool = True) -> DeliveryOutcome:
     """Run the notifications delivery of ``event`` in this process, as a worker would.
 
-    ``from_message=False`` calls ``run_delivery`` the way ``replay_events --inline`` of
-    old did, without consumer and event type, so ``prepare`` runs under the lock.
+    ``from_message=False`` calls ``run_delivery`` without the consumer's name, the way
+    ``replay_events --inline`` of old did: it is read from the ledger instead.
     """
     delivery = Delivery.objects.get(event=event, consumer="notifications")
     if not from_message:
@@ -168,15 +178,14 @@ def test_a_fresh_claim_held_by_another_attempt_is_looked_at_again_without_counti
     user, mailoutbox
 ):
     event = uploaded_event(user)
-    claimed_at = timezone.now() - dt.timedelta(seconds=5)
-    earlier_attempt_left(event, user, "claimed", claimed_at=claimed_at)
+    claimed_at = earlier_attempt_left(event, user, "claimed", claimed_seconds_ago=5).claimed_at
 
-    with pytest.raises(TransientError, match="another attempt is sending"):
+    with pytest.raises(TransientError, match="another attempt holds the mail to"):
         handlers.notify_upload.prepare(envelope_of(event))
     outcome = deliver(event)
 
     assert outcome.outcome == "retry"
-    assert "another attempt is sending" in outcome.reason
+    assert "another attempt holds the mail to" in outcome.reason
     assert 0 < outcome.countdown <= 10
     # Not a failed try: the ledger stays as the attempt holding the claim will leave it.
     delivery = delivery_of(event)
@@ -197,7 +206,7 @@ def test_a_stale_claim_of_a_crashed_attempt_is_taken_over_and_resent_once_with_t
         event,
         user,
         "claimed",
-        claimed_at=timezone.now() - dt.timedelta(seconds=CLAIM_TIMEOUT + 1),
+        claimed_seconds_ago=lease_seconds(consumer) + 1,
         message_id=message_id,
     )
 
@@ -211,24 +220,40 @@ def test_a_stale_claim_of_a_crashed_attempt_is_taken_over_and_resent_once_with_t
     assert notification.sent_at is not None
 
 
-def test_a_stale_claim_is_taken_over_by_one_attempt_only(user, mailoutbox):
-    from notifications.services import claim
-
+def test_a_fresh_claim_is_respected_even_when_the_hosts_clock_is_a_day_ahead(
+    user, mailoutbox, monkeypatch
+):
+    # Claims are aged on the database's clock: a host whose clock runs ahead (or a
+    # database whose clock runs behind) must not take over a live attempt's mail.
     event = uploaded_event(user)
-    earlier_attempt_left(
-        event,
-        user,
-        "claimed",
-        claimed_at=timezone.now() - dt.timedelta(seconds=CLAIM_TIMEOUT + 1),
-        subject="s",
-    )
+    earlier_attempt_left(event, user, "claimed", claimed_seconds_ago=5)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + dt.timedelta(days=1))
 
-    taken = claim(event.id, user.email, "s")
-    assert taken.state == "claimed"
-    assert taken.claimed_at > timezone.now() - dt.timedelta(seconds=5)
-    # The second taker sees the claim the first one just took: fresh, so it backs off.
-    with pytest.raises(TransientError, match="another attempt is sending"):
-        claim(event.id, user.email, "s")
+    with pytest.raises(TransientError, match="another attempt"):
+        handlers.notify_upload.prepare(envelope_of(event))
+
+    assert mailoutbox == []
+    assert Notification.objects.get(event_id=event.id).state == "claimed"
+
+
+def test_a_claim_goes_stale_after_the_consumers_time_limit_plus_the_lease_margin(
+    user, mailoutbox, settings
+):
+    settings.EVENTS_LEASE_MARGIN_SECONDS = 7
+    lease = consumer.time_limit + 7
+    younger, older = uploaded_event(user), uploaded_event(user)
+    earlier_attempt_left(younger, user, "claimed", claimed_seconds_ago=lease - 2)
+    earlier_attempt_left(older, user, "claimed", claimed_seconds_ago=lease + 2)
+
+    with pytest.raises(TransientError, match="another attempt"):
+        handlers.notify_upload.prepare(envelope_of(younger))
+    handlers.notify_upload.prepare(envelope_of(older))
+
+    [resent] = mailoutbox
+    assert resent.message()["Message-ID"] == message_id_for(older.id, user.email)
+    assert Notification.objects.get(event_id=younger.id).state == "claimed"
+    assert Notification.objects.get(event_id=older.id).state == "sent"
 
 
 @pytest.mark.parametrize(
@@ -268,8 +293,8 @@ def test_filename_with_html_is_escaped_in_the_html_part_only(user, mailoutbox):
     assert sent.subject == f"Uploaded: {name}"
 
 
-def test_handler_run_under_the_delivery_lock_sends_once_too(user, mailoutbox):
-    # replay_events --inline used to call run_delivery without consumer and event type.
+def test_handler_run_without_the_consumer_name_sends_once_too(user, mailoutbox):
+    # replay_events --inline used to call run_delivery without the consumer's name.
     event = uploaded_event(user)
 
     assert deliver(event, from_message=False).outcome == "done"
@@ -285,7 +310,7 @@ def test_a_rejected_mail_is_tried_again_when_its_dead_delivery_is_replayed(user,
         event,
         user,
         "rejected",
-        claimed_at=timezone.now(),
+        claimed_seconds_ago=0,
         reason="mail to alice@example.com rejected: 550 mailbox full",
     )
 
@@ -294,23 +319,6 @@ def test_a_rejected_mail_is_tried_again_when_its_dead_delivery_is_replayed(user,
     assert len(mailoutbox) == 1
     notification = Notification.objects.get(event_id=event.id)
     assert (notification.state, notification.reason) == ("sent", "")
-
-
-def test_claim_timeout_below_the_consumer_time_limit_fails_the_system_check(settings):
-    settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = 30
-
-    [error] = check_claim_timeout()
-
-    assert error.id == "notifications.E001"
-    assert "time limit (60 s)" in error.msg
-
-
-def test_default_claim_timeout_passes_the_system_check(settings):
-    from config.settings import base
-
-    settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = base.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS
-
-    assert check_claim_timeout() == []
 
 
 # ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from celery import current_app
 from django.core.management import CommandError, call_command
+from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -419,6 +420,50 @@ def test_429_with_retry_after_is_not_called_again_before_that_time(user, receive
     assert len(receiver.at("/busy")) == 1
     row = EndpointDelivery.objects.get(endpoint=endpoint)
     assert (row.state, row.last_status) == ("failed", 429)
+
+
+def left_claimed(envelope, endpoint: Endpoint, *, seconds_ago: float) -> EndpointDelivery:
+    """The claim an earlier attempt left, taken that long before the database's clock."""
+    row = EndpointDelivery.objects.create(event_id=envelope.id, endpoint=endpoint)
+    EndpointDelivery.objects.filter(pk=row.pk).update(
+        claimed_at=Now() - dt.timedelta(seconds=seconds_ago)
+    )
+    return row
+
+
+@pytest.mark.django_db
+def test_a_fresh_claim_is_not_called_again_even_when_the_hosts_clock_is_a_day_ahead(
+    user, receiver, monkeypatch
+):
+    endpoint = add_endpoint(owner=user, url=receiver.url("/clock"))
+    envelope = uploaded_event(upload_text(user)).to_envelope()
+    left_claimed(envelope, endpoint, seconds_ago=5)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + dt.timedelta(days=1))
+
+    with pytest.raises(DeliveryBusy, match="another attempt"):
+        deliver_event(envelope)
+
+    assert receiver.at("/clock") == []
+
+
+@pytest.mark.django_db
+def test_a_claim_goes_stale_after_the_time_limit_plus_the_lease_margin(user, receiver, settings):
+    settings.EVENTS_LEASE_MARGIN_SECONDS = 7
+    lease = get_consumer("webhooks").time_limit + 7
+    endpoint = add_endpoint(owner=user, url=receiver.url("/stale"))
+    young, old = (uploaded_event(upload_text(user)).to_envelope() for _ in range(2))
+    left_claimed(young, endpoint, seconds_ago=lease - 2)
+    left_claimed(old, endpoint, seconds_ago=lease + 2)
+
+    with pytest.raises(DeliveryBusy, match="another attempt"):
+        deliver_event(young)
+    deliver_event(old)
+
+    [call] = receiver.at("/stale")
+    assert call.headers["webhook-id"] == str(old.id)
+    assert EndpointDelivery.objects.get(event_id=old.id).state == "delivered"
+    assert EndpointDelivery.objects.get(event_id=young.id).state == "claimed"
 
 
 # ------------------------------------------------------------------------------

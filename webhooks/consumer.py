@@ -1,12 +1,16 @@
-"""The webhooks consumer, declared once; ``events`` finds this module and builds its task."""
+"""The webhooks consumer, declared once; ``events`` finds this module and builds its task.
+
+Its name is written here and nowhere else: other code that needs it reads
+``webhooks.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+"""
 
 from events.registry import Consumer, register_consumer
 from webhooks import handlers
-from webhooks.services import CONSUMER, EVENT_TYPES
+from webhooks.services import EVENT_TYPES
 
 consumer = register_consumer(
     Consumer(
-        name=CONSUMER,
+        name="webhooks",
         queue="webhooks",
         handlers=dict.fromkeys(EVENT_TYPES, handlers.send_event),
         # Each endpoint may take its connect and read timeouts (3 + 10 s); a user has few.

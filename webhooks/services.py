@@ -6,14 +6,16 @@ The handler is a ``TwoStepHandler``: this runs in ``prepare``, before the delive
 locked, so no HTTP call holds a database lock. For each of the owner's active endpoints
 that subscribes to the event's type, each step its own short transaction:
 
-1. **Claim** the (event, endpoint) row, as notifications claims a mail: inserting it as
-   ``claimed`` decides a race between duplicate messages. A row already ``delivered``
-   (the endpoint answered 2xx) or ``rejected`` (it refused for good) means: never call
-   it again for this event, on a retry because another endpoint failed, on a duplicate
-   message, and on ``replay_events --force``. A fresh claim of another attempt, or a
-   ``Retry-After`` not yet reached, means: look again later (``DeliveryBusy``, which
-   counts no attempt). A claim older than the consumer's hard time limit belongs to an
-   attempt Celery has killed and is taken over.
+1. **Claim** the (event, endpoint) row with ``events.effects.claim_effect``: inserting
+   it as ``claimed`` decides a race between duplicate messages. A row already
+   ``delivered`` (the endpoint answered 2xx) or ``rejected`` (it refused for good)
+   means: never call it again for this event, on a retry because another endpoint
+   failed, on a duplicate message, and on ``replay_events --force``. A fresh claim of
+   another attempt, or a ``Retry-After`` not yet reached (``not_before``, on the
+   database's clock), means: look again later (``DeliveryBusy``, which counts no
+   attempt). A claim older than the consumer's lease (its hard time limit plus
+   ``EVENTS_LEASE_MARGIN_SECONDS``) belongs to an attempt Celery has killed and is
+   taken over; so is a ``failed`` row, by one attempt only.
 2. **Call** the endpoint: a signed POST (Standard Webhooks), no redirects, short
    timeouts, at most ``MAX_RESPONSE_BYTES`` of the answer read. Every call is logged
    (``Call``).
@@ -47,14 +49,15 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from events.db import one_or_none
+from events.effects import CLAIMED, claim_effect
 from events.exceptions import DeliveryBusy, TransientError
-from events.registry import get_consumer
+from events.registry import Consumer
 from events.schemas import Envelope
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from webhooks import transport
@@ -62,7 +65,6 @@ from webhooks.models import Call, Endpoint, EndpointDelivery
 
 logger = logging.getLogger(__name__)
 
-CONSUMER = "webhooks"
 EVENT_TYPES = (FILE_UPLOADED, FILE_DELETED)
 PING_TYPE = "webhook.test"
 # The upload's fields a receiver gets; never the file's contents or where it is stored.
@@ -72,9 +74,8 @@ SECRET_BYTES = 24
 # Of an answer, only the status matters: read this much at most, keep less.
 MAX_RESPONSE_BYTES = 64 * 1024
 _ERROR_TEXT_MAX = 500
-# How soon a duplicate that found the endpoint claimed looks again.
-BUSY_RETRY_SECONDS = 10.0
-_CLAIM_TRIES = 3
+# Answered for good: never called again for that event.
+FINISHED = (EndpointDelivery.State.DELIVERED, EndpointDelivery.State.REJECTED)
 # 408 Request Timeout and 429 Too Many Requests ask to come back later, as 5xx do.
 TRANSIENT_STATUSES = frozenset({408, 429})
 
@@ -269,14 +270,6 @@ def send_ping(*, endpoint: Endpoint) -> CallResult:
 # ------------------------------------------------------------------------------
 # Delivering an event
 # ------------------------------------------------------------------------------
-class _Later(Exception):
-    """This endpoint cannot be called now (claimed elsewhere, or Retry-After): in ``seconds``."""
-
-    def __init__(self, reason: str, seconds: float) -> None:
-        super().__init__(reason)
-        self.seconds = seconds
-
-
 def endpoints_for(envelope: Envelope) -> list[Endpoint]:
     """The active endpoints of the event's owner that subscribe to its type, oldest first."""
     owner_id = envelope.payload.get("owner_id")
@@ -300,15 +293,23 @@ def deliver_event(envelope: Envelope) -> None:
         event_type=envelope.type, occurred_at=envelope.occurred_at, data=event_data(envelope)
     )
     failures: list[str] = []
-    later: list[_Later] = []
+    later: list[DeliveryBusy] = []
+    consumer = _consumer()
     with http_client() as http:
         for endpoint in endpoints:
             try:
-                row = claim(envelope.id, endpoint)
-            except _Later as wait:
-                later.append(wait)
+                row = claim_effect(
+                    EndpointDelivery,
+                    key={"event_id": envelope.id, "endpoint": endpoint},
+                    consumer=consumer,
+                    finished=FINISHED,
+                    not_before="not_before",
+                    what=f"the call to {endpoint.url}",
+                )
+            except DeliveryBusy as busy:
+                later.append(busy)  # the other endpoints are still called now
                 continue
-            if row is None:
+            if row.state != CLAIMED:
                 continue  # delivered or rejected before: never again for this event
             try:
                 result = call_endpoint(
@@ -331,58 +332,15 @@ def deliver_event(envelope: Envelope) -> None:
     if later:
         raise DeliveryBusy(
             "; ".join(str(wait) for wait in later),
-            retry_after=min(wait.seconds for wait in later),
+            retry_after=min(wait.retry_after for wait in later),
         )
 
 
-def claim_timeout() -> dt.timedelta:
-    """How long a claim protects the attempt holding it: the consumer's hard time limit, plus a margin."""
-    return dt.timedelta(seconds=(get_consumer(CONSUMER).time_limit or 0) + 10)
+def _consumer() -> Consumer:
+    # Imported here: the consumer module imports the handlers, which import this one.
+    from webhooks.consumer import consumer
 
-
-def claim(event_id: uuid.UUID, endpoint: Endpoint) -> EndpointDelivery | None:
-    """Take the right to call ``endpoint`` with ``event_id``.
-
-    Returns the row, ``claimed`` by this attempt; ``None`` when the endpoint already
-    answered for good (``delivered`` or ``rejected``). Raises ``_Later`` while another
-    attempt's claim is fresh or the endpoint's ``Retry-After`` has not passed.
-    """
-    timeout = claim_timeout()
-    for _ in range(_CLAIM_TRIES):
-        now = timezone.now()
-        try:
-            with transaction.atomic():
-                return EndpointDelivery.objects.create(
-                    event_id=event_id, endpoint=endpoint, claimed_at=now
-                )
-        except IntegrityError:
-            pass  # the row exists: look at it
-        existing = one_or_none(
-            EndpointDelivery.objects.filter(event_id=event_id, endpoint=endpoint)
-        )
-        if existing is None:
-            continue
-        if existing.state in (EndpointDelivery.State.DELIVERED, EndpointDelivery.State.REJECTED):
-            return None
-        if existing.state == EndpointDelivery.State.CLAIMED and existing.claimed_at:
-            age = (now - existing.claimed_at).total_seconds()
-            if age < timeout.total_seconds():
-                raise _Later(
-                    f"another attempt is calling {endpoint.url} (claimed {age:.0f} s ago)",
-                    min(BUSY_RETRY_SECONDS, timeout.total_seconds() - age + 1),
-                )
-        if existing.not_before and existing.not_before > now:
-            wait = (existing.not_before - now).total_seconds()
-            raise _Later(f"{endpoint.url} asked to retry after {wait:.0f} s", wait)
-        # Failed before, or a stale claim (its attempt died): one taker wins the update.
-        with transaction.atomic():
-            taken = EndpointDelivery.objects.filter(
-                pk=existing.pk, state=existing.state, claimed_at=existing.claimed_at
-            ).update(state=EndpointDelivery.State.CLAIMED, claimed_at=now)
-        if taken:
-            existing.refresh_from_db()
-            return existing
-    raise TransientError(f"could not claim the call to {endpoint.url}: too much contention")
+    return consumer
 
 
 def _finish(row: EndpointDelivery, result: CallResult) -> None:
@@ -401,8 +359,9 @@ def _finish(row: EndpointDelivery, result: CallResult) -> None:
             last_status=result.status,
             last_error=result.error,
             delivered_at=now if state == EndpointDelivery.State.DELIVERED else None,
+            # On the database's clock, which claim_effect compares it with.
             not_before=(
-                now + dt.timedelta(seconds=result.retry_after)
+                Now() + dt.timedelta(seconds=result.retry_after)
                 if result.retry_after is not None
                 else None
             ),

@@ -218,9 +218,6 @@ EMAIL_CONFIG = env.email("EMAIL_URL", default=f"filemail:///{VAR_DIR / 'mail'}")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="uploads@localhost")
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
-# A claimed but unfinished mail is taken over after this long (its attempt died); at
-# least the notifications task's time limit (a system check says so).
-NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = env.int("NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS", default=120)
 
 # ------------------------------------------------------------------------------
 # Webhooks
