@@ -5,7 +5,7 @@ Its name is written here and nowhere else: other code that needs it reads
 """
 
 from audit import handlers
-from events.registry import Consumer, register_consumer
+from events import Consumer, register_consumer
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(

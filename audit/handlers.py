@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from audit.services import append_entry
-from events.schemas import Envelope
+from events import Envelope
 
 
 def record(envelope: Envelope) -> None:

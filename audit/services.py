@@ -21,9 +21,8 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEntry
-from events.db import one_or_none
+from events import Envelope
 from events.models import Delivery
-from events.schemas import Envelope
 from housekeeping.progress import ProgressCallback
 
 GENESIS_HASH = "0" * 64
@@ -59,7 +58,7 @@ def append_entry(envelope: Envelope) -> AuditEntry:
     on SQLite the immediate transaction already does. The unique ``prev_hash`` is the
     last line of defence: a racing append fails and is retried, never forks the chain.
     """
-    existing = one_or_none(AuditEntry.objects.filter(event_id=envelope.id))
+    existing = AuditEntry.objects.filter(event_id=envelope.id).first()
     if existing is not None:
         return existing
     if connection.vendor == "postgresql":

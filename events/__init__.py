@@ -18,6 +18,7 @@ from events.registry import Consumer, Handler, TwoStepHandler, register_consumer
 from events.schemas import Envelope, EventSchema, schemas
 
 if TYPE_CHECKING:
+    from events.effects import claim_effect
     from events.outbox import record_event
 
 __all__ = [
@@ -29,12 +30,14 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "TwoStepHandler",
+    "claim_effect",
     "record_event",
     "register_consumer",
     "schemas",
 ]
 
 _LAZY = {
+    "claim_effect": "events.effects",
     "record_event": "events.outbox",
 }
 

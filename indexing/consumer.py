@@ -4,7 +4,7 @@ Its name is written here and nowhere else: other code that needs it reads
 ``indexing.consumer.consumer.name`` (imported where used, as this module imports the handlers).
 """
 
-from events.registry import Consumer, register_consumer
+from events import Consumer, register_consumer
 from indexing import handlers
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from events.registry import TwoStepHandler
-from events.schemas import Envelope
+from events import Envelope, TwoStepHandler
 from indexing import services
 from indexing.extraction import Extraction
 

@@ -15,8 +15,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models.functions import Left
 
-from events.db import one_or_none
-from events.exceptions import PermanentError
+from events import PermanentError
 from indexing import search
 from indexing.extraction import (
     Extraction,
@@ -89,7 +88,7 @@ def index_upload(
     Returns None, changing nothing, when the upload was deleted already. Runs inside the
     delivery's transaction; the entry is locked so a concurrent delete waits for it.
     """
-    entry = one_or_none(IndexEntry.objects.select_for_update().filter(upload_id=upload_id))
+    entry = IndexEntry.objects.select_for_update().filter(upload_id=upload_id).first()
     if entry is not None and entry.deleted:
         # file.deleted was handled first (disorder, late retries): never bring it back.
         return None

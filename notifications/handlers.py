@@ -8,8 +8,7 @@ has nothing left to write.
 
 from __future__ import annotations
 
-from events.registry import TwoStepHandler
-from events.schemas import Envelope
+from events import Envelope, TwoStepHandler
 from notifications.models import Notification
 from notifications.services import notify_owner
 

@@ -60,11 +60,7 @@ from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from events.db import one_or_none
-from events.effects import CLAIMED, claim_effect
-from events.exceptions import PermanentError, TransientError
-from events.registry import Consumer
-from events.schemas import Envelope
+from events import Consumer, Envelope, PermanentError, TransientError, claim_effect
 from notifications.models import Notification
 
 logger = logging.getLogger(__name__)
@@ -117,7 +113,7 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
     and ``PermanentError`` when the server refused it for good. See the module
     docstring for the claim and its crash window.
     """
-    owner = one_or_none(get_user_model().objects.filter(pk=envelope.payload["owner_id"]))
+    owner = get_user_model().objects.filter(pk=envelope.payload["owner_id"]).first()
     mail = render_mail(template, _context(envelope, owner))
     if owner is None or not owner.email:
         reason = "owner has no email address" if owner else "owner no longer exists"
@@ -136,7 +132,7 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
         },
         what=f"the mail to {recipient}",
     )
-    if notification.state != CLAIMED:
+    if notification.state != Notification.State.CLAIMED:
         return notification  # sent or skipped by an earlier attempt: nothing to do
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 
-from events.schemas import EventSchema, schemas
+from events import EventSchema, schemas
 
 FILE_UPLOADED = "file.uploaded"
 FILE_DELETED = "file.deleted"

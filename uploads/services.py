@@ -11,7 +11,6 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from events.db import one_or_none
 from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone, UploadRejected
@@ -126,7 +125,7 @@ def delete_upload(
     with transaction.atomic():
         # PostgreSQL: the second delete waits on the row lock, then finds no row. SQLite:
         # the IMMEDIATE transaction already serializes writers, and the re-read sees it.
-        current = one_or_none(Upload.objects.select_for_update().filter(pk=upload.pk))
+        current = Upload.objects.select_for_update().filter(pk=upload.pk).first()
         if current is None:
             raise UploadGone(upload.pk)
         storage_name = current.file.name

@@ -4,7 +4,7 @@ Its name is written here and nowhere else: other code that needs it reads
 ``webhooks.consumer.consumer.name`` (imported where used, as this module imports the handlers).
 """
 
-from events.registry import Consumer, register_consumer
+from events import Consumer, register_consumer
 from webhooks import handlers
 from webhooks.services import EVENT_TYPES
 

@@ -7,8 +7,7 @@ database lock. ``apply``, inside the delivery's transaction, has nothing left to
 
 from __future__ import annotations
 
-from events.registry import TwoStepHandler
-from events.schemas import Envelope
+from events import Envelope, TwoStepHandler
 from webhooks.services import deliver_event
 
 

@@ -55,10 +55,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from events.effects import CLAIMED, claim_effect
-from events.exceptions import DeliveryBusy, TransientError
-from events.registry import Consumer
-from events.schemas import Envelope
+from events import Consumer, DeliveryBusy, Envelope, TransientError, claim_effect
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from webhooks import transport
 from webhooks.models import Call, Endpoint, EndpointDelivery
@@ -309,7 +306,7 @@ def deliver_event(envelope: Envelope) -> None:
             except DeliveryBusy as busy:
                 later.append(busy)  # the other endpoints are still called now
                 continue
-            if row.state != CLAIMED:
+            if row.state != EndpointDelivery.State.CLAIMED:
                 continue  # delivered or rejected before: never again for this event
             try:
                 result = call_endpoint(

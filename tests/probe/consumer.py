@@ -1,7 +1,6 @@
 """The probe consumers (test settings only), declared like any consumer app's."""
 
-from events.registry import Consumer, register_consumer
-from events.schemas import EventSchema, schemas
+from events import Consumer, EventSchema, register_consumer, schemas
 from tests.probe import handlers
 
 # What a test may tell a probe handler to do, per consumer or attempt (tests/probe/handlers.py).

@@ -26,10 +26,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from events.exceptions import PermanentError, TransientError
+from events import Envelope, PermanentError, TransientError, TwoStepHandler
 from events.models import Delivery
-from events.registry import TwoStepHandler
-from events.schemas import Envelope
 from tests.probe.models import ProbeEffect
 
 PROBE_EVENT = "test.probe"
