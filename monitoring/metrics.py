@@ -5,7 +5,7 @@ every web process shares, so each scrape reads them fresh (three aggregate queri
 any process answers the same. Nothing is kept between scrapes.
 
 ``events_deliveries{consumer,state}``
-    gauge, deliveries per state: the very figures of ``event_status``.
+    gauge, deliveries per stored state (``event_status`` folds ``running`` into ``pending``).
 ``events_oldest_waiting_seconds{consumer}``
     gauge, age of the oldest delivery neither done nor dead (0 when nothing waits).
 ``events_delivery_latency_seconds{consumer}``

@@ -1,12 +1,12 @@
-"""Webhook endpoints and the signed, at-most-once-per-endpoint delivery of events to them.
+"""Webhook endpoints and the signed, at-least-once-per-endpoint delivery of events to them.
 
-How one event reaches each endpoint once (``deliver_event``)
--------------------------------------------------------------
+How each endpoint gets each event, and keeps getting it until it answers (``deliver_event``)
+-------------------------------------------------------------------------------------
 The handler is a ``TwoStepHandler``: this runs in ``prepare``, before the delivery row is
 locked, so no HTTP call holds a database lock. For each of the owner's active endpoints
 that subscribes to the event's type, each step its own short transaction:
 
-1. **Claim** the (event, endpoint) row with ``events.effects.claim_effect``: inserting
+1. **Claim** the (event, endpoint) row with ``events.claim_effect``: inserting
    it as ``claimed`` decides a race between duplicate messages. A row already
    ``delivered`` (the endpoint answered 2xx) or ``rejected`` (it refused for good)
    means: never call it again for this event, on a retry because another endpoint
