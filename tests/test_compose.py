@@ -1,6 +1,8 @@
 """docker-compose.yml is valid and starts only queues and programs the project has.
 
-No Docker engine runs here: ``docker-compose config`` (Debian's ``docker-compose``, which
+Its workers are not listed in it: one ``workers`` service starts every worker the
+consumer registry wants (``manage.py consumers --run-workers``), so these checks take
+their expectations from the registry. No Docker engine runs here: ``docker-compose config`` (Debian's ``docker-compose``, which
 ``bin/setup`` installs) validates and resolves the file without one.
 """
 
@@ -19,9 +21,14 @@ from typing import Any
 
 import pytest
 
+from config.deployment import worker_argv
 from tests.processes import ROOT
 
 APP_SERVICES = {"migrate", "web", "beat", "flower"}
+# Every worker the consumer registry wants, started by one service when it starts.
+WORKERS = "workers"
+RUN_WORKERS = ["python", "manage.py", "consumers", "--run-workers"]
+PING_WORKERS = ["python", "manage.py", "consumers", "--ping-workers", "--timeout", "10"]
 INFRA_SERVICES = {"postgres", "redis"}
 # Exits once migrations are applied: a healthcheck has nothing to watch.
 ONE_SHOT = {"migrate"}
@@ -82,6 +89,20 @@ def _resolved() -> dict[str, Any]:
     return json.loads(result.stdout) if is_v2 else _parse_yaml(result.stdout, compose)
 
 
+def registry_workers(settings_module: str = "config.settings.base") -> dict[str, list[str]]:
+    """Queue → command line of each worker the compose ``workers`` service starts under
+    ``settings_module`` (``consumers --run-workers`` runs ``worker_commands()``)."""
+    code = (
+        "import json, django; django.setup(); from config.deployment import worker_commands; "
+        "print(json.dumps(worker_commands()))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings_module}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 @functools.cache
 def _production_workers() -> dict[str, int]:
     """Queue → concurrency of each worker the base settings' registry wants (no test-only
@@ -97,29 +118,27 @@ def _production_workers() -> dict[str, int]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def _production_queues() -> set[str]:
-    return set(_production_workers())
+def worker_problems(services: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the compose file would not run every worker the registry wants, if it would not.
 
-
-def worker_problems(services: dict[str, dict[str, Any]], wanted: dict[str, int]) -> list[str]:
-    """How the compose workers differ from the workers the registry wants (queue → processes).
-
-    Each queue needs a ``worker-<queue>`` service running the command line
-    ``config.deployment.worker_argv`` builds; no worker may run a queue nobody declared.
+    One ``workers`` service starts them all from the registry when it starts
+    (``consumers --run-workers``), so a new consumer needs no edit here; a hand-written
+    per-queue worker service is a second list that would drift from the registry.
     """
-    from config.deployment import worker_argv
-
     problems = []
-    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
-    for queue, concurrency in wanted.items():
-        service = workers.get(f"worker-{queue}")
-        if service is None:
-            problems.append(f"worker-{queue} is missing")
-            continue
-        expected = worker_argv(queues=[queue], concurrency=concurrency, hostname=f"{queue}@%h")
-        if _program_invocations(service) != [expected]:
-            problems.append(f"worker-{queue} runs {service['command']!r}, not {expected}")
-    problems += [f"{name} runs no declared queue" for name in workers if name[7:] not in wanted]
+    workers = services.get(WORKERS)
+    if workers is None:
+        return [f"no {WORKERS} service"]
+    if _program_invocations(workers) != [RUN_WORKERS]:
+        problems.append(f"{WORKERS} runs {workers['command']!r}, not {' '.join(RUN_WORKERS)}")
+    check = _argv(workers.get("healthcheck", {}).get("test", []))
+    if check[1:] != PING_WORKERS or check[0] != "CMD":
+        problems.append(f"{WORKERS} healthcheck is {check}, not {' '.join(PING_WORKERS)}")
+    problems += [
+        f"{name} is a hand-written worker: the registry lists the workers"
+        for name in services
+        if name.startswith("worker-")
+    ]
     return problems
 
 
@@ -154,31 +173,48 @@ def _option(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def _workers() -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in _services().items() if name.startswith("worker-")}
-
-
 def test_compose_file_is_valid_and_has_every_part_of_the_stack():
-    expected = INFRA_SERVICES | APP_SERVICES | {f"worker-{q}" for q in _production_queues()}
+    expected = INFRA_SERVICES | APP_SERVICES | {WORKERS}
 
     assert set(_services()) == expected
 
 
-def test_workers_are_the_ones_the_registry_declares_with_their_concurrency():
-    assert worker_problems(_services(), _production_workers()) == []
+def test_one_workers_service_runs_what_the_registry_declares():
+    assert worker_problems(_services()) == []
 
 
-def test_one_worker_per_consumer_queue_and_one_for_events():
-    queues = []
-    for name, service in _workers().items():
-        [argv] = _program_invocations(service)
-        assert argv[:4] == ["celery", "-A", "config", "worker"], name
-        queue = _option(argv, "-Q")
-        assert name == f"worker-{queue}"
-        assert _option(argv, "-n") == f"{queue}@%h"
-        queues.append(queue)
+def test_workers_service_starts_one_worker_per_registry_queue_with_its_concurrency():
+    # What `consumers --run-workers` starts under the settings the image runs.
+    started = registry_workers()
 
-    assert sorted(queues) == sorted(_production_queues())
+    assert list(started) == list(_production_workers())
+    for queue, argv in started.items():
+        assert argv == worker_argv(
+            queues=[queue],
+            concurrency=_production_workers()[queue],
+            hostname=f"{queue}@%h",
+            program=["celery"],
+        )
+    assert "events" in started  # relay and housekeeping, declared by no consumer
+
+
+def test_workers_stop_warm_within_the_grace_period():
+    # SIGTERM lets running tasks finish; the grace period outlasts the longest time limit.
+    code = (
+        "import django; django.setup(); from events.registry import all_consumers; "
+        "print(max(c.time_limit for c in all_consumers()))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.base"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    longest = int(result.stdout.splitlines()[-1])
+    workers = _services()[WORKERS]
+
+    grace = workers["stop_grace_period"]
+    seconds = int(grace.removesuffix("s")) if isinstance(grace, str) else int(grace)
+    assert seconds > longest
+    assert workers["init"] is True  # signals reach the supervisor, orphans are reaped
 
 
 def test_every_long_running_service_has_a_healthcheck():
@@ -187,14 +223,6 @@ def test_every_long_running_service_has_a_healthcheck():
             assert service.get("restart") == "no"
             continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-
-
-def test_workers_are_healthy_when_they_answer_a_ping_under_their_own_name():
-    for name, service in _workers().items():
-        queue = name.removeprefix("worker-")
-        # docker-compose v1 prints the file's escaped $$ as is; v2 prints $.
-        check = " ".join(_argv(service["healthcheck"]["test"])).replace("$$", "$")
-        assert f"celery -A config inspect ping -d {queue}@$HOSTNAME" in check
 
 
 def test_every_command_names_a_program_and_entry_point_that_exist():
@@ -223,7 +251,7 @@ def test_every_command_names_a_program_and_entry_point_that_exist():
 
 
 def test_app_services_share_one_image_and_one_env():
-    app = {name: s for name, s in _services().items() if name in APP_SERVICES or name in _workers()}
+    app = {name: s for name, s in _services().items() if name in APP_SERVICES | {WORKERS}}
     for key in ("image", "build", "environment"):
         values = {json.dumps(service.get(key), sort_keys=True) for service in app.values()}
         assert len(values) == 1, f"app services differ in {key}"

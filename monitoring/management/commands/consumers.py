@@ -1,13 +1,19 @@
-"""``consumers [--json] [--procfile]``: the consumer registry, as deployment needs it."""
+"""``consumers [--json | --procfile | --run-workers | --ping-workers]``: the registry, as
+deployment needs it.
+
+``--run-workers`` and ``--ping-workers`` are the compose stack's ``workers`` service and
+its healthcheck: every worker the registry wants, so a new consumer app needs no edit of
+``docker-compose.yml``.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from config.deployment import procfile
+from config.deployment import host_nodenames, procfile, run_workers, unanswered_workers
 from events.registry import Consumer, all_consumers
 
 
@@ -28,7 +34,9 @@ class Command(BaseCommand):
     help = (
         "List the registered consumers: name, queue, event types, max attempts, time limits "
         "(soft/hard, seconds) and concurrency (worker processes wanted). --json prints a list "
-        "of objects; --procfile prints the Procfile that bin/start runs."
+        "of objects; --procfile prints the Procfile that bin/start runs; --run-workers runs "
+        "every worker of the registry in the foreground (the compose workers service); "
+        "--ping-workers exits 1 unless each of this host's workers answers a ping."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,10 +45,35 @@ class Command(BaseCommand):
         output.add_argument(
             "--procfile", action="store_true", help="print the Procfile derived from the registry"
         )
+        output.add_argument(
+            "--run-workers",
+            action="store_true",
+            help="run one Celery worker per queue of the registry, in the foreground, until "
+            "SIGTERM (passed on as a warm shutdown) or until one of them exits",
+        )
+        output.add_argument(
+            "--ping-workers",
+            action="store_true",
+            help="exit 1 unless every worker --run-workers starts on this host answers a ping",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=10.0,
+            help="seconds --ping-workers waits for the answers (default 10)",
+        )
 
     def handle(self, *args: object, **options: Any) -> None:
         if options["procfile"]:
             self.stdout.write(procfile(), ending="")
+            return
+        if options["run_workers"]:
+            status = run_workers(say=self._say)
+            if status:
+                raise SystemExit(status)
+            return
+        if options["ping_workers"]:
+            self._ping_workers(timeout=options["timeout"])
             return
         rows = [describe(consumer) for consumer in all_consumers()]
         if options["json"]:
@@ -63,3 +96,13 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
             )
+
+    def _say(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def _ping_workers(self, *, timeout: float) -> None:
+        missing = unanswered_workers(timeout=timeout)
+        if missing:
+            raise CommandError(f"no answer within {timeout:g} s from {', '.join(missing)}")
+        self.stdout.write(f"every worker answers: {', '.join(host_nodenames())}")
