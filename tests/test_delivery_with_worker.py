@@ -19,7 +19,7 @@ from tests.probe.models import ProbeEffect
 from tests.processes import wait_for
 from uploads.services import delete_upload
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_upload_reaches_every_consumer_exactly_once(live_worker, user, settings):

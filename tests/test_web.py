@@ -460,7 +460,6 @@ def test_delete_removes_the_upload_publishes_and_says_so(signed_in, user):
 # ------------------------------------------------------------------------------
 # The badges catch up with a real worker
 # ------------------------------------------------------------------------------
-@pytest.mark.worker
 def test_badges_go_from_pending_to_done_as_the_consumers_finish(live_worker, client, user):
     client.force_login(user)
     response = client.post(
