@@ -136,6 +136,9 @@ def test_a_worker_sigkilled_after_the_effect_and_before_commit_completes_once_af
     wait_for(lambda: effect_marker(key, "probe").exists(), what="the effect to be written")
 
     live_worker.kill()
+    # The killed attempt was counted in its own committed claim and still holds it.
+    killed = Delivery.objects.get(event=event, consumer="probe")
+    assert (killed.state, killed.attempts) == ("running", 1)
     live_worker.start()
 
     assert wait_for(lambda: settled(event), timeout=60, what="the delivery")["probe"] == "done"
