@@ -20,14 +20,18 @@ import subprocess
 import threading
 import time
 import types
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
 
 from config.deployment import all_queues
 from tests import processes
@@ -369,6 +373,43 @@ def run_manage(django_db_setup: None) -> Callable[..., subprocess.CompletedProce
 
 
 # ------------------------------------------------------------------------------
+# Publishing, recorded
+# ------------------------------------------------------------------------------
+@pytest.fixture
+def sent_tasks() -> Iterator[mock.MagicMock]:
+    """Record what is published, while still publishing it to the test Redis."""
+    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
+        yield spy
+
+
+class PublishRecorder:
+    """Stands in for ``publish_deliveries_now`` where ``housekeeping.replay`` looks it up:
+    records what would have been sent and marks it enqueued, as a publish that worked."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, uuid.UUID]] = []
+        self.calls = 0
+
+    def __call__(self, deliveries: Any) -> list[int]:
+        from events.models import Delivery
+
+        self.calls += 1
+        self.sent.extend((d.consumer, d.event_id) for d in deliveries)
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+            enqueued_at=timezone.now()
+        )
+        return [d.pk for d in deliveries]
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
+    """What replay (command or admin action) published, instead of publishing it."""
+    recorder = PublishRecorder()
+    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
+    return recorder
+
+
+# ------------------------------------------------------------------------------
 # Users
 # ------------------------------------------------------------------------------
 @pytest.fixture
@@ -379,3 +420,10 @@ def user(db: None) -> User:
 @pytest.fixture
 def other_user(db: None) -> User:
     return User.objects.create_user("bob", "bob@example.com", "correct horse battery")
+
+
+@pytest.fixture
+def signed_in(client: Client, user: User) -> Client:
+    """The test client, signed in as ``user``."""
+    client.force_login(user)
+    return client

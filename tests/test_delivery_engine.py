@@ -39,13 +39,6 @@ def crashing_handler(envelope: object) -> None:
     raise ProcessDied()
 
 
-@pytest.fixture
-def sent_tasks():
-    """Record what is published, while still publishing it to the test Redis."""
-    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
-        yield spy
-
-
 # ------------------------------------------------------------------------------
 # 1. The attempt is counted when it starts, in its own committed claim
 # ------------------------------------------------------------------------------

@@ -45,29 +45,6 @@ T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 # ------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------
-class PublishRecorder:
-    """Stands in for ``publish_deliveries_now``: records what would have been sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, uuid.UUID]] = []
-        self.calls = 0
-
-    def __call__(self, deliveries: Any) -> list[int]:
-        self.calls += 1
-        self.sent.extend((d.consumer, d.event_id) for d in deliveries)
-        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
-            enqueued_at=timezone.now()
-        )
-        return [d.pk for d in deliveries]
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
-    recorder = PublishRecorder()
-    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
-    return recorder
-
-
 @pytest.fixture
 def replay(django_capture_on_commit_callbacks):
     """``call_command("replay_events", ...)`` with its on-commit publishes executed."""

@@ -25,12 +25,6 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def signed_in(client: Client, user) -> Client:
-    client.force_login(user)
-    return client
-
-
 def badges(html: str) -> list[tuple[str, str, str]]:
     """``(class, data-consumer, data-state)`` of every badge on a page."""
     return re.findall(
