@@ -60,9 +60,7 @@ NOT_YET_ON_PROCESS_FIXTURES = frozenset(
         "tests/test_bench.py",
         "tests/test_compose.py",
         "tests/test_consumers.py",
-        "tests/test_notifications.py",
         "tests/test_start.py",
-        "tests/test_webhooks.py",
     }
 )
 
