@@ -1,22 +1,180 @@
-"""Shared fixtures: a private Redis, a live Celery worker, users."""
+"""Shared fixtures (a private Redis, live Celery workers, child processes, users) and the
+test tiers derived from them.
+
+Tiers: ``worker`` (a live Celery worker), ``subprocess`` (starts child processes),
+``browser`` (drives Chromium), ``bench`` (the benchmark). Nobody writes these markers by
+hand: ``pytest_collection_modifyitems`` derives them from the fixtures a test requests,
+directly or through other fixtures, so ``bin/test --fast`` (which deselects them) cannot
+run a test that starts a process. Two guards keep it so: collection fails when a test
+starts processes directly (``subprocess``, ``run_manage``, ``CeleryWorker``) without one
+of the fixtures below, and a test outside every tier that starts a process anyway fails.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import types
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
 
 from config.deployment import all_queues
-from tests.processes import ROOT, CeleryWorker, RedisServer
+from tests import processes
+from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer
+
+# ------------------------------------------------------------------------------
+# Tiers, derived from fixtures
+# ------------------------------------------------------------------------------
+# A test requesting one of these fixtures, directly or through another fixture, is in
+# the tier. ``item.fixturenames`` is already the transitive closure, so ``live_worker``,
+# ``running_relay`` and any fixture built on them count as ``_session_worker``.
+TIER_FIXTURES: dict[str, frozenset[str]] = {
+    "worker": frozenset({"_session_worker", "make_worker"}),
+    "subprocess": frozenset({"subprocesses", "run_manage", "make_worker"}),
+    "browser": frozenset({"system_chromium"}),
+}
+TIERS = ("worker", "subprocess", "browser", "bench")
+# The benchmark is one module; its test starts the whole pipeline.
+BENCH_MODULE_PREFIX = "test_bench"
+# Names in tests/processes.py whose use starts a process.
+PROCESS_STARTERS = frozenset({processes.run_manage, CeleryWorker, RedisServer})
+# Modules other engineers own that still start processes without the fixtures: their
+# tests are marked from a scan of their code, and the guard spares them until they move.
+NOT_YET_ON_PROCESS_FIXTURES = frozenset(
+    {
+        "tests/test_bench.py",
+        "tests/test_compose.py",
+        "tests/test_consumers.py",
+        "tests/test_start.py",
+    }
+)
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    """``code`` and every function, lambda and comprehension defined inside it."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def process_starting_name(function: Callable[..., Any]) -> str | None:
+    """The first name through which ``function`` starts a process directly, or ``None``.
+
+    Follows the helper functions of the tests package it calls (through decorators such
+    as ``functools.cache``), so a module-level helper that runs ``subprocess.run`` counts
+    for every test that calls it.
+    """
+    pending = [inspect.unwrap(function)]
+    seen: set[types.CodeType] = set()
+    while pending:
+        current = pending.pop()
+        code = getattr(current, "__code__", None)
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        namespace = current.__globals__
+        for nested in _code_objects(code):
+            for name in nested.co_names:
+                value = namespace.get(name)
+                if value is None:
+                    continue
+                if inspect.isfunction(getattr(value, "__wrapped__", None)):
+                    value = inspect.unwrap(value)  # functools.cache, wraps: the code inside
+                if value is subprocess or getattr(value, "__module__", None) == "subprocess":
+                    return f"subprocess.{name}" if value is not subprocess else "subprocess"
+                if isinstance(value, type | types.FunctionType) and value in PROCESS_STARTERS:
+                    return name
+                # This module's own functions are the tier machinery, not test code.
+                if (
+                    inspect.isfunction(value)
+                    and value.__module__.startswith("tests.")
+                    and value.__module__ != __name__
+                ):
+                    pending.append(value)
+    return None
+
+
+def tiers_from_fixtures(fixturenames: Iterable[str]) -> set[str]:
+    """The tiers that the fixtures a test uses put it in."""
+    names = set(fixturenames)
+    return {tier for tier, fixtures in TIER_FIXTURES.items() if names & fixtures}
+
+
+def _functions_of(item: pytest.Function) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The test function and the fixtures it uses that are defined in test modules."""
+    yield "the test", item.function
+    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+        for definition in definitions:
+            module = getattr(definition.func, "__module__", "")
+            if module.startswith("tests.") and module != __name__:
+                yield f"fixture {name}", definition.func
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the tiers its fixtures and its code put it in."""
+    unmarked_process_starters: list[str] = []
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        tiers = tiers_from_fixtures(item.fixturenames)
+        path = item.path.relative_to(ROOT).as_posix()
+        if item.path.name.startswith(BENCH_MODULE_PREFIX):
+            tiers.add("bench")
+        for where, function in _functions_of(item):
+            starter = process_starting_name(function)
+            if starter is None:
+                continue
+            if "subprocess" not in tiers and path not in NOT_YET_ON_PROCESS_FIXTURES:
+                unmarked_process_starters.append(f"{item.nodeid} ({where} uses {starter})")
+            tiers.add("subprocess")
+        for tier in sorted(tiers):
+            item.add_marker(tier)
+    if unmarked_process_starters:
+        raise pytest.UsageError(
+            "these tests start processes without a fixture that marks their tier; request "
+            "`subprocesses`, `run_manage` or `make_worker` (tests/conftest.py) instead:\n  "
+            + "\n  ".join(unmarked_process_starters)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_their_tiers(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test outside every process tier that starts a process anyway fails, saying why.
+
+    The collection hook reads code; this catches what it cannot see (a process started
+    through a fixture's object or a library), so the fast run stays free of processes.
+    """
+    if any(request.node.get_closest_marker(tier) for tier in TIERS):
+        return
+    nodeid = request.node.nodeid
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *more: Any, **options: Any) -> None:
+        pytest.fail(
+            f"{nodeid} started a process ({args!r}) but is in no process tier: start it "
+            "through the `subprocesses` or `run_manage` fixture so the test is marked",
+            pytrace=False,
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
 
 # Workers this session started, so teardown knows whether anyone may still be writing.
 _started_workers: list[CeleryWorker] = []
@@ -48,21 +206,45 @@ def _isolated_media(settings) -> Iterator[None]:
     yield
 
 
+def _test_worker(redis_server: RedisServer, queues: Sequence[str], log_path: Path) -> CeleryWorker:
+    """A worker on ``queues`` against the test database, known to the flush guard below."""
+    worker = CeleryWorker(
+        broker_url=redis_server.url,
+        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
+        queues=queues,
+        log_path=log_path,
+    )
+    _started_workers.append(worker)
+    return worker
+
+
 @pytest.fixture(scope="session")
 def _session_worker(
     redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path
 ) -> Iterator[CeleryWorker]:
-    worker = CeleryWorker(
-        broker_url=redis_server.url,
-        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
-        # Every consumer's queue and housekeeping's, as the registry has them (probe too).
-        queues=all_queues(),
-        log_path=artifacts_dir / "worker.log",
-    )
+    # Every consumer's queue and housekeeping's, as the registry has them (probe too).
+    worker = _test_worker(redis_server, all_queues(), artifacts_dir / "worker.log")
     worker.start()
-    _started_workers.append(worker)
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def make_worker(
+    redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path
+) -> Iterator[Callable[[Sequence[str], str], CeleryWorker]]:
+    """``make_worker(queues, log_name)``: a worker besides the session's, not yet started;
+    stopped at the end of the session if a test left it running."""
+    made: list[CeleryWorker] = []
+
+    def make(queues: Sequence[str], log_name: str) -> CeleryWorker:
+        worker = _test_worker(redis_server, queues, artifacts_dir / log_name)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        worker.stop()
 
 
 @pytest.fixture
@@ -172,6 +354,63 @@ def running_relay(live_worker: CeleryWorker) -> Iterator[RelayLoop]:
 
 
 @pytest.fixture
+def subprocesses() -> Iterator[ChildProcesses]:
+    """Child processes for this test; those it started and left running are stopped."""
+    children = ChildProcesses()
+    yield children
+    children.stop_all()
+
+
+@pytest.fixture
+def run_manage(django_db_setup: None) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_manage(*args)``: ``manage.py`` in a child process against the test database.
+
+    The child sees committed rows only: tests using it run with ``transactional_db``.
+    """
+    return processes.run_manage
+
+
+# ------------------------------------------------------------------------------
+# Publishing, recorded
+# ------------------------------------------------------------------------------
+@pytest.fixture
+def sent_tasks() -> Iterator[mock.MagicMock]:
+    """Record what is published, while still publishing it to the test Redis."""
+    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
+        yield spy
+
+
+class PublishRecorder:
+    """Stands in for ``publish_deliveries_now`` where ``housekeeping.replay`` looks it up:
+    records what would have been sent and marks it enqueued, as a publish that worked."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, uuid.UUID]] = []
+        self.calls = 0
+
+    def __call__(self, deliveries: Any) -> list[int]:
+        from events.models import Delivery
+
+        self.calls += 1
+        self.sent.extend((d.consumer, d.event_id) for d in deliveries)
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
+            enqueued_at=timezone.now()
+        )
+        return [d.pk for d in deliveries]
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
+    """What replay (command or admin action) published, instead of publishing it."""
+    recorder = PublishRecorder()
+    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
+    return recorder
+
+
+# ------------------------------------------------------------------------------
+# Users
+# ------------------------------------------------------------------------------
+@pytest.fixture
 def user(db: None) -> User:
     return User.objects.create_user("alice", "alice@example.com", "correct horse battery")
 
@@ -179,3 +418,10 @@ def user(db: None) -> User:
 @pytest.fixture
 def other_user(db: None) -> User:
     return User.objects.create_user("bob", "bob@example.com", "correct horse battery")
+
+
+@pytest.fixture
+def signed_in(client: Client, user: User) -> Client:
+    """The test client, signed in as ``user``."""
+    client.force_login(user)
+    return client

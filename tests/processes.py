@@ -1,7 +1,13 @@
-"""Real Redis and Celery worker processes for integration tests, and a polling helper."""
+"""Real Redis and Celery worker processes for integration tests, and a polling helper.
+
+Tests reach these through fixtures in ``tests/conftest.py`` (``run_manage``,
+``subprocesses``, ``make_worker``, ``live_worker``): the fixture a test requests is what
+marks its tier, so a test that starts processes cannot be left in the fast run.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -64,6 +70,62 @@ def run_manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
         text=True,
         timeout=timeout,
     )
+
+
+class ChildProcesses:
+    """Child processes of one test: short commands run to completion, servers started in
+    the background and stopped when the test ends, whatever it did with them."""
+
+    def __init__(self) -> None:
+        self._started: list[subprocess.Popen[bytes]] = []
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | str = ROOT,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` to completion and capture its output as text."""
+        return subprocess.run(
+            list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(
+        self, argv: Sequence[str], *, env: dict[str, str], log_path: Path, cwd: Path | str = ROOT
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in its own process group, its output appended to ``log_path``."""
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], *, timeout: float = 10) -> None:
+        """SIGTERM the process group, SIGKILL it if it has not gone within ``timeout`` s."""
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+
+    def stop_all(self) -> None:
+        """Stop every process :meth:`start` started that still runs."""
+        for process in self._started:
+            self.stop(process)
+        self._started.clear()
 
 
 class RedisServer:
@@ -129,6 +191,9 @@ class CeleryWorker:
     def __init__(
         self, *, broker_url: str, env: dict[str, str], queues: Sequence[str], log_path: Path
     ) -> None:
+        if isinstance(queues, str):
+            # A string is a sequence too: "probe" would become the queues p,r,o,b,e.
+            raise TypeError(f"queues must be a list of queue names, not the string {queues!r}")
         self.broker_url = broker_url
         self.env = env
         self.queues = queues

@@ -28,7 +28,8 @@ def sign_in(client: Client, username: str, password: str, *, url: str = LOGIN, i
     return client.post(url, {"username": username, "password": password}, **extra).status_code
 
 
-def signed_in(client: Client) -> bool:
+def has_session(client: Client) -> bool:
+    """Whether ``client`` is signed in."""
     return "_auth_user_id" in client.session
 
 
@@ -76,7 +77,7 @@ def test_repeated_wrong_passwords_lock_the_user_out_even_with_the_right_one(clie
 
     assert response.status_code == 429
     assert "Too many failed sign-in attempts" in response.content.decode()
-    assert not signed_in(client)
+    assert not has_session(client)
 
 
 def test_lock_out_is_per_user_across_addresses(user, settings):
@@ -85,7 +86,7 @@ def test_lock_out_is_per_user_across_addresses(user, settings):
 
     fresh = Client()
     assert sign_in(fresh, "alice", PASSWORD, ip="203.0.113.9") == 429
-    assert not signed_in(fresh)
+    assert not has_session(fresh)
 
 
 def test_lock_out_is_per_address_across_users(user, other_user, settings):
@@ -94,7 +95,7 @@ def test_lock_out_is_per_address_across_users(user, other_user, settings):
         sign_in(client, f"guess{n}", "wrong", ip="198.51.100.7")
 
     assert sign_in(client, "bob", PASSWORD, ip="198.51.100.7") == 429
-    assert not signed_in(client)
+    assert not has_session(client)
     # and another address is not affected
     assert sign_in(Client(), "bob", PASSWORD, ip="203.0.113.9") == 302
 

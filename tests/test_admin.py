@@ -30,24 +30,6 @@ from uploads.models import Upload
 pytestmark = pytest.mark.django_db
 
 
-class PublishRecorder:
-    """Stands in for ``publish_deliveries_now`` where ``housekeeping.replay`` looks it up."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, uuid.UUID]] = []
-
-    def __call__(self, deliveries: Any) -> list[int]:
-        self.sent.extend((d.consumer, d.event_id) for d in deliveries)
-        return [d.pk for d in deliveries]
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
-    recorder = PublishRecorder()
-    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
-    return recorder
-
-
 def make_upload(owner: User, name: str = "notes.txt", text: str = "hello") -> Upload:
     """An upload with its ``file.uploaded`` event, as ``create_upload`` leaves them.
 

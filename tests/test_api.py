@@ -25,7 +25,7 @@ from django.utils.crypto import get_random_string
 
 from events.models import Delivery, Event
 from tests.factories import upload_consumers, upload_text
-from tests.processes import run_manage, wait_for
+from tests.processes import wait_for
 from uploads.models import ApiToken, Upload
 from uploads.tokens import create_api_token, revoke_api_token, user_for_token
 
@@ -539,7 +539,9 @@ def test_wrong_method_is_405_json_with_allow(api, method, url, allow):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_create_api_token_prints_one_line_that_works_and_stores_only_its_hash(user, client):
+def test_create_api_token_prints_one_line_that_works_and_stores_only_its_hash(
+    user, client, run_manage
+):
     result = run_manage("create_api_token", "alice")
 
     assert result.returncode == 0, result.stderr
@@ -553,7 +555,7 @@ def test_create_api_token_prints_one_line_that_works_and_stores_only_its_hash(us
     assert client.get(LIST_URL, headers=bearer(raw)).status_code == 200
 
 
-def test_create_api_token_for_an_unknown_user_fails_clearly():
+def test_create_api_token_for_an_unknown_user_fails_clearly(run_manage):
     result = run_manage("create_api_token", "nobody")
 
     assert result.returncode != 0
@@ -628,7 +630,6 @@ def test_admin_revoke_action_stops_the_token(admin_client_, user, raw_token):
 # ------------------------------------------------------------------------------
 # With a real worker
 # ------------------------------------------------------------------------------
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_posted_upload_is_seen_done_by_every_consumer_through_get(live_worker, user):
     _token, raw = create_api_token(user)

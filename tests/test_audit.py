@@ -22,7 +22,7 @@ from events.delivery import run_delivery
 from events.models import Delivery, Event
 from events.schemas import Envelope
 from tests.factories import upload_text
-from tests.processes import FakeTerminal, run_manage
+from tests.processes import FakeTerminal
 
 pytestmark = pytest.mark.django_db
 
@@ -146,7 +146,7 @@ def test_verify_audit_draws_a_progress_bar_on_a_terminal_only():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_verify_audit_exits_0_when_intact_and_1_naming_a_row_tampered_with_in_sql():
+def test_verify_audit_exits_0_when_intact_and_1_naming_a_row_tampered_with_in_sql(run_manage):
     entries = chain(3)
     intact = run_manage("verify_audit")
     assert intact.returncode == 0
@@ -164,7 +164,7 @@ def test_verify_audit_exits_0_when_intact_and_1_naming_a_row_tampered_with_in_sq
 
 
 @pytest.mark.django_db(transaction=True)
-def test_verify_audit_reports_a_middle_row_deleted_in_sql():
+def test_verify_audit_reports_a_middle_row_deleted_in_sql(run_manage):
     _first, middle, last = chain(3)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [middle.pk])

@@ -23,8 +23,6 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 from tests.factories import upload_consumers
 from tests.processes import wait_for
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker]
-
 CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"  # the ``user`` and ``other_user`` fixtures' password
 # A bound on waiting for the live worker, never a timing assertion.

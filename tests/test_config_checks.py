@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,6 @@ from config.checks import (
     current_delivery_config,
     delivery_config_problems,
 )
-from tests.processes import ROOT
 
 # The base settings' defaults: consumers' own limits 60 and 120, CELERY_TASK_TIME_LIMIT.
 DEFAULTS = DeliveryConfig(
@@ -177,24 +175,19 @@ def _env_without_overrides(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_manage_py_check_passes_with_the_base_defaults():
-    result = subprocess.run(
+def test_manage_py_check_passes_with_the_base_defaults(subprocesses):
+    result = subprocesses.run(
         [sys.executable, "manage.py", "check", "--tag", "celery"],
-        cwd=ROOT,
         # The one setting without a default: with debug off, a key of its own.
         env=_env_without_overrides(
             DJANGO_SETTINGS_MODULE="config.settings.base", DJANGO_SECRET_KEY="x" * 50
         ),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.worker
-def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_server):
+def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_server, subprocesses):
     # given a visibility timeout shorter than the test settings' task time limits
     env = _env_without_overrides(
         DJANGO_SETTINGS_MODULE="config.settings.test",
@@ -203,7 +196,7 @@ def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_serv
     )
 
     # when a worker starts
-    result = subprocess.run(
+    result = subprocesses.run(
         [
             sys.executable,
             "-m",
@@ -219,10 +212,7 @@ def test_worker_with_a_short_visibility_timeout_exits_with_the_reason(redis_serv
             "--without-gossip",
             "--without-heartbeat",
         ],
-        cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
 

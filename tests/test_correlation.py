@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -19,7 +18,7 @@ from config.logging import CorrelationFilter, JsonFormatter
 from events.models import Event
 from events.registry import consumers_for
 from tests.factories import publish_probe, settled, upload_text
-from tests.processes import ROOT, wait_for
+from tests.processes import wait_for
 from uploads.events import FILE_UPLOADED
 from uploads.services import create_upload
 
@@ -123,16 +122,12 @@ def test_json_formatter_keeps_the_traceback_and_odd_values():
     assert entry["odd"].startswith("<object object")
 
 
-def test_a_management_command_logs_json_lines_with_its_own_id():
+def test_a_management_command_logs_json_lines_with_its_own_id(subprocesses):
     # given LOG_FORMAT=json, when a command logs twice
     code = "import logging; log = logging.getLogger('cmd'); log.warning('one'); log.warning('two')"
-    result = subprocess.run(
+    result = subprocesses.run(
         [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=ROOT,
         env={**os.environ, "LOG_FORMAT": "json", "DJANGO_SETTINGS_MODULE": "config.settings.test"},
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     # then each line is a JSON object and both carry the command's one id
@@ -149,7 +144,6 @@ def _worker_lines(live_worker, needle: str) -> list[str]:
     return [line for line in live_worker.log_path.read_text().splitlines() if needle in line]
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_upload_is_traceable_from_request_to_every_consumer_log_line(live_worker, user):
     request_id = f"req-{uuid.uuid4().hex[:12]}"
@@ -175,7 +169,6 @@ def test_upload_is_traceable_from_request_to_every_consumer_log_line(live_worker
     assert all("succeeded" in line for line in succeeded if "succeeded" in line)
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_relayed_delivery_carries_the_events_correlation_id(live_worker, redis_server, user):
     # given an upload made while the broker was down, so only the relay publishes it
@@ -203,7 +196,6 @@ def test_relayed_delivery_carries_the_events_correlation_id(live_worker, redis_s
     )
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_retries_of_a_task_keep_its_correlation_id(live_worker):
     request_id = f"req-{uuid.uuid4().hex[:12]}"

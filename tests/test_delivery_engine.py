@@ -1,13 +1,13 @@
-"""The delivery engine in one process: claim, lease, relay rules, publish after commit.
+"""The delivery engine in one process: claim, lease, relay rules.
 
 These tests drive the services directly against the test Redis; the worker-level
-faults (crashes, time limits, restarts) are in ``tests/test_faults_worker.py``.
+faults (crashes, time limits, restarts, an orphan delivery, a failing on-commit publish)
+are in ``tests/test_faults_worker.py``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -19,8 +19,7 @@ from events.delivery import LeaseLost, run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
 from events.relay import relay_outbox
-from tests.factories import publish_probe, upload_text
-from uploads.models import Upload
+from tests.factories import publish_probe
 
 pytestmark = pytest.mark.django_db
 
@@ -40,31 +39,8 @@ def crashing_handler(envelope: object) -> None:
     raise ProcessDied()
 
 
-@pytest.fixture
-def sent_tasks():
-    """Record what is published, while still publishing it to the test Redis."""
-    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
-        yield spy
-
-
 # ------------------------------------------------------------------------------
-# 1. An orphan row (consumer no longer registered) never stalls the relay
-# ------------------------------------------------------------------------------
-def test_an_orphan_delivery_goes_dead_and_the_relay_publishes_the_rest(sent_tasks):
-    orphan = probe_delivery()
-    Delivery.objects.filter(pk=orphan.pk).update(consumer="retired")
-    Delivery.objects.update(created_at=timezone.now() - LONG_AGO, enqueued_at=None)
-
-    result = relay_outbox()
-
-    assert (result.published, result.broker_failed) == (1, False)
-    assert [call.args[0] for call in sent_tasks.call_args_list] == ["probe_peer.handle_event"]
-    orphan.refresh_from_db()
-    assert (orphan.state, orphan.last_error) == ("dead", "consumer no longer registered")
-
-
-# ------------------------------------------------------------------------------
-# 2. The attempt is counted when it starts, in its own committed claim
+# 1. The attempt is counted when it starts, in its own committed claim
 # ------------------------------------------------------------------------------
 def test_an_attempt_that_dies_in_its_handler_has_been_counted():
     delivery = probe_delivery()
@@ -165,7 +141,7 @@ def delivery_handlers(consumer: str) -> dict:
 
 
 # ------------------------------------------------------------------------------
-# 3. The relay republishes only what is lost, never what merely waits in a queue
+# 2. The relay republishes only what is lost, never what merely waits in a queue
 # ------------------------------------------------------------------------------
 def test_a_delivery_waiting_in_its_queue_is_not_republished_however_long_it_waits(sent_tasks):
     delivery = probe_delivery()
@@ -185,22 +161,7 @@ def published_delivery_ids(spy: mock.MagicMock) -> list[int]:
 
 
 # ------------------------------------------------------------------------------
-# 4. Nothing that runs after commit undoes or hides the commit
-# ------------------------------------------------------------------------------
-@pytest.mark.django_db(transaction=True)
-def test_an_error_in_the_on_commit_publish_keeps_the_upload_and_its_file(user, settings):
-    with mock.patch(
-        "events.outbox.publish_deliveries_now", side_effect=RuntimeError("database is locked")
-    ):
-        upload = upload_text(user, "kept")
-
-    assert Upload.objects.filter(pk=upload.pk).exists()
-    assert (Path(settings.MEDIA_ROOT) / upload.file.name).read_text() == "kept"
-    assert Event.objects.filter(aggregate_id=str(upload.pk)).count() == 1
-
-
-# ------------------------------------------------------------------------------
-# 5. The relay never talks to the broker inside a transaction
+# 3. The relay never talks to the broker inside a transaction
 # ------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_the_relay_publishes_outside_any_transaction():
@@ -222,7 +183,7 @@ def test_the_relay_publishes_outside_any_transaction():
 
 
 # ------------------------------------------------------------------------------
-# 6. Worker settings that acks late relies on
+# 4. Worker settings that acks late relies on
 # ------------------------------------------------------------------------------
 def test_workers_reserve_one_message_at_a_time_and_finish_tasks_when_the_broker_drops():
     assert current_app.conf.worker_prefetch_multiplier == 1
@@ -230,7 +191,7 @@ def test_workers_reserve_one_message_at_a_time_and_finish_tasks_when_the_broker_
 
 
 # ------------------------------------------------------------------------------
-# 7. An event newer than this code waits for the upgrade instead of going dead
+# 5. An event newer than this code waits for the upgrade instead of going dead
 # ------------------------------------------------------------------------------
 def test_an_event_of_a_newer_version_is_retried_with_a_clear_reason():
     delivery = probe_delivery()

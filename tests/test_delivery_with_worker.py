@@ -6,7 +6,6 @@ import time
 
 import pytest
 from django.core.management import call_command
-from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
@@ -14,12 +13,12 @@ from events.outbox import publish_deliveries_now
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.factories import publish_probe, settled, states, upload_consumers, upload_text
-from tests.probe.handlers import connection_marker, started_marker
+from tests.probe.handlers import connection_marker
 from tests.probe.models import ProbeEffect
 from tests.processes import wait_for
 from uploads.services import delete_upload
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_upload_reaches_every_consumer_exactly_once(live_worker, user, settings):
@@ -138,28 +137,6 @@ def test_exhausted_retries_go_dead_with_the_reason_and_attempt_count(live_worker
     assert dead.attempts == 4  # the probe consumer's max_attempts
     assert dead.last_error.startswith("gave up after 4 attempts: TransientError")
     assert DeliveryAttempt.objects.filter(delivery=dead).count() == 4
-
-
-def test_worker_killed_with_sigkill_mid_task_completes_after_restart(live_worker):
-    event = publish_probe(sleep_seconds={"probe": 3})
-    wait_for(lambda: started_marker(event.payload["key"], "probe").exists(), what="probe to start")
-
-    live_worker.kill()
-    # The message stays unacknowledged in Redis until the visibility timeout (an hour);
-    # the claim's lease (time limit plus margin) expires long before, and then the relay
-    # publishes the delivery again for the next worker.
-    killed = Delivery.objects.get(event=event, consumer="probe")
-    assert (killed.state, killed.attempts) == ("running", 1)
-    live_worker.start()
-    wait_for(
-        lambda: Delivery.objects.filter(pk=killed.pk, lease_expires_at__lt=timezone.now()).exists(),
-        what="the lease to expire",
-    )
-    call_command("relay_outbox", "--once")
-
-    assert wait_for(lambda: settled(event), what="relayed delivery")["probe"] == "done"
-    assert Delivery.objects.get(pk=killed.pk).attempts == 2
-    assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe").count() == 1
 
 
 def test_worker_keeps_its_database_connection_across_tasks(live_worker):

@@ -6,27 +6,33 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from django.core.management import call_command
 
-from tests.processes import ROOT
+from tests.processes import ChildProcesses
 
 # Settings the environment of a developer or CI run might carry into the subprocess.
 _INHERITED = ("DJANGO_", "TEST_", "EVENTS_TEST_")
 
 
-def run_deploy_check(**overrides: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(_INHERITED)}
-    env.update(DJANGO_SETTINGS_MODULE="config.settings.base", **overrides)
-    return subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def run_deploy_check(
+    subprocesses: ChildProcesses,
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_deploy_check(**settings)``: ``manage.py check --deploy`` in a child process."""
+
+    def run(**overrides: str) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(_INHERITED)}
+        env.update(DJANGO_SETTINGS_MODULE="config.settings.base", **overrides)
+        return subprocesses.run(
+            [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+            env=env,
+            timeout=120,
+        )
+
+    return run
 
 
 PRODUCTION = {
@@ -37,14 +43,14 @@ PRODUCTION = {
 }
 
 
-def test_deploy_check_passes_with_debug_off_and_a_real_secret_key():
+def test_deploy_check_passes_with_debug_off_and_a_real_secret_key(run_deploy_check):
     result = run_deploy_check(**PRODUCTION)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
-def test_deploy_check_passes_behind_a_tls_proxy():
+def test_deploy_check_passes_behind_a_tls_proxy(run_deploy_check):
     result = run_deploy_check(
         **PRODUCTION,
         DJANGO_SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https",
@@ -63,7 +69,7 @@ def test_deploy_check_passes_behind_a_tls_proxy():
         ({"DJANGO_SECURE_HSTS_SECONDS": "0"}, "security.W004"),
     ],
 )
-def test_deploy_check_flags_settings_left_unsafe(overrides, warning):
+def test_deploy_check_flags_settings_left_unsafe(run_deploy_check, overrides, warning):
     result = run_deploy_check(**{**PRODUCTION, **overrides})
 
     assert result.returncode != 0

@@ -29,7 +29,7 @@ from tests.processes import CeleryWorker, wait_for
 from uploads.models import Upload
 from uploads.services import delete_upload
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 OPERATIONS = st.one_of(
     st.tuples(st.just("upload"), st.integers(0, 10**6)),

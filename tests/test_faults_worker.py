@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -36,7 +36,7 @@ from tests.probe.models import ProbeEffect
 from tests.processes import CeleryWorker, RedisServer, wait_for
 from uploads.models import Upload
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 # FAULT_REPEAT=20 runs the broker-loss tests 20 times each, to trust them.
 REPEAT = range(int(os.environ.get("FAULT_REPEAT", "1")))
@@ -63,18 +63,6 @@ def queued_delivery_ids(server: RedisServer, queue: str = "probe") -> Counter[in
         return counts
     finally:
         client.close()
-
-
-def another_worker(server: RedisServer, queues: str, log_path: Path) -> CeleryWorker:
-    """A worker besides the session's, on ``queues``, against the test database."""
-    from django.conf import settings
-
-    return CeleryWorker(
-        broker_url=server.url,
-        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
-        queues=queues,
-        log_path=log_path,
-    )
 
 
 def assert_each_done_once(events: list[Event]) -> None:
@@ -148,6 +136,9 @@ def test_a_worker_sigkilled_after_the_effect_and_before_commit_completes_once_af
     wait_for(lambda: effect_marker(key, "probe").exists(), what="the effect to be written")
 
     live_worker.kill()
+    # The killed attempt was counted in its own committed claim and still holds it.
+    killed = Delivery.objects.get(event=event, consumer="probe")
+    assert (killed.state, killed.attempts) == ("running", 1)
     live_worker.start()
 
     assert wait_for(lambda: settled(event), timeout=60, what="the delivery")["probe"] == "done"
@@ -201,9 +192,9 @@ def test_redis_restarted_empty_with_workers_down_loses_nothing(
 
 
 @pytest.fixture(scope="module")
-def events_worker(redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path):
+def events_worker(make_worker: Callable[..., CeleryWorker]) -> Iterator[CeleryWorker]:
     """A worker on the ``events`` queue alone, where beat's relay task runs in production."""
-    worker = another_worker(redis_server, "events", artifacts_dir / "worker-events.log")
+    worker = make_worker(["events"], "worker-events.log")
     worker.start()
     yield worker
     worker.stop()
@@ -315,9 +306,9 @@ def test_a_failing_on_commit_publish_keeps_the_upload_its_file_and_its_response(
 
 
 def test_two_relays_and_two_worker_pools_publish_and_run_each_delivery_once(
-    live_worker: CeleryWorker, redis_server: RedisServer, artifacts_dir: Path
+    live_worker: CeleryWorker, make_worker: Callable[..., CeleryWorker]
 ):
-    second = another_worker(redis_server, "probe", artifacts_dir / "worker-second-pool.log")
+    second = make_worker(["probe"], "worker-second-pool.log")
     second.start()
     with mock.patch("events.outbox.publish_committed"):  # left to the relays
         events = [publish_fault() for _ in range(100)]

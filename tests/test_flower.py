@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -21,10 +20,10 @@ from celery import current_app
 from events.models import Delivery, Event
 from events.registry import consumers_for
 from tests.factories import upload_text
-from tests.processes import ROOT, free_port, wait_for
+from tests.processes import ChildProcesses, free_port, wait_for
 from uploads.events import FILE_UPLOADED
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CREDENTIALS = "operator:flower-test-password"
 
@@ -63,28 +62,26 @@ def _flower_env(broker_url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def flower(live_worker, redis_server, artifacts_dir: Path) -> Iterator[FlowerProcess]:
+def flower(
+    live_worker, redis_server, artifacts_dir: Path, subprocesses: ChildProcesses
+) -> Iterator[FlowerProcess]:
     """``celery -A config flower`` on a free port, against the test Redis and live worker."""
     port = free_port()
     log_path = artifacts_dir / "flower.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-            ],
-            cwd=ROOT,
-            env=_flower_env(redis_server.url, FLOWER_BASIC_AUTH=CREDENTIALS),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = subprocesses.start(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        env=_flower_env(redis_server.url, FLOWER_BASIC_AUTH=CREDENTIALS),
+        log_path=log_path,
+    )
     running = FlowerProcess(f"http://127.0.0.1:{port}", process, log_path)
 
     def up() -> bool:
@@ -96,12 +93,7 @@ def flower(live_worker, redis_server, artifacts_dir: Path) -> Iterator[FlowerPro
         wait_for(up, timeout=60, interval=0.3, what=f"flower on port {port} (log: {log_path})")
         yield running
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        subprocesses.stop(process)
         # Flower switched task events on in the shared worker; other tests measure it off.
         current_app.control.disable_events(destination=[live_worker.hostname])
 
@@ -174,14 +166,10 @@ def test_flower_lists_each_consumers_task_with_ids_only(flower, user):
 
 
 @pytest.mark.parametrize("debug", ["false", "true"])
-def test_flower_will_not_start_without_basic_auth_debug_or_not(redis_server, debug):
-    result = subprocess.run(
+def test_flower_will_not_start_without_basic_auth_debug_or_not(redis_server, subprocesses, debug):
+    result = subprocesses.run(
         [sys.executable, "-m", "celery", "-A", "config", "flower", f"--port={free_port()}"],
-        cwd=ROOT,
         env=_flower_env(redis_server.url, DJANGO_DEBUG=debug),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     assert result.returncode != 0
@@ -189,14 +177,10 @@ def test_flower_will_not_start_without_basic_auth_debug_or_not(redis_server, deb
     assert "FLOWER_BASIC_AUTH" in result.stderr
 
 
-def test_flower_will_not_start_with_malformed_basic_auth(redis_server):
-    result = subprocess.run(
+def test_flower_will_not_start_with_malformed_basic_auth(redis_server, subprocesses):
+    result = subprocesses.run(
         [sys.executable, "-m", "celery", "-A", "config", "flower", f"--port={free_port()}"],
-        cwd=ROOT,
         env=_flower_env(redis_server.url, FLOWER_BASIC_AUTH="operator-without-password"),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     assert result.returncode != 0

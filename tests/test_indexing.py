@@ -349,7 +349,6 @@ def test_text_too_large_for_a_tsvector_is_indexed_by_its_start_on_postgresql(use
 # ------------------------------------------------------------------------------
 # With a real worker
 # ------------------------------------------------------------------------------
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_uploaded_pdf_is_found_by_search_once_the_worker_indexed_it(live_worker, user):
     with (FIXTURES / "report.pdf").open("rb") as handle:
@@ -363,7 +362,6 @@ def test_uploaded_pdf_is_found_by_search_once_the_worker_indexed_it(live_worker,
     assert "albatross" in hits[0].snippet
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_encrypted_pdf_does_not_hold_up_any_consumer(live_worker, user):
     with (FIXTURES / "encrypted.pdf").open("rb") as handle:
@@ -376,7 +374,6 @@ def test_encrypted_pdf_does_not_hold_up_any_consumer(live_worker, user):
     assert IndexEntry.objects.get(upload_id=upload.pk).note == "PDF is encrypted; indexed by name"
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     "hostile",

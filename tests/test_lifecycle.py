@@ -181,7 +181,6 @@ def test_admin_delete_of_an_upload_already_gone_records_nothing(admin_user, user
     assert told and "already deleted" in told[0]
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_deleting_twice_through_the_api_mails_and_audits_once(live_worker, user):
     upload = upload_text(user, name="twice.txt")

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from events.models import Delivery, Event
 from monitoring.selectors import PUBLIC_STATE_OF
 from tests.factories import settled, upload_text
-from tests.processes import run_manage, wait_for
+from tests.processes import wait_for
 
 TOKEN = "s3cret-metrics-token"
 
@@ -68,9 +68,10 @@ def test_metrics_reads_the_ledger_in_three_aggregate_queries(
         client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_metrics_match_a_real_event_status_run(client, metrics_token, live_worker, user):
+def test_metrics_match_a_real_event_status_run(
+    client, metrics_token, live_worker, user, run_manage
+):
     # given: two uploads delivered by a real worker, then one delivery dead and one
     # waiting for ten minutes, as an outage would leave them
     events = [

@@ -30,13 +30,6 @@ def stored_files(settings) -> list[Path]:
     return [path for path in Path(settings.MEDIA_ROOT).rglob("*") if path.is_file()]
 
 
-@pytest.fixture
-def sent_tasks():
-    """Record what is published, while still publishing it to the test Redis."""
-    with mock.patch.object(current_app, "send_task", wraps=current_app.send_task) as spy:
-        yield spy
-
-
 def test_upload_stores_event_and_one_pending_delivery_per_consumer(user):
     upload = upload_text(user, "abc")
 

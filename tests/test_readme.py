@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,7 +93,7 @@ def test_readme_creates_the_account_its_examples_use_before_using_it():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_path):
+def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_path, subprocesses):
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
@@ -105,12 +104,10 @@ def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_pa
         if key in os.environ:
             env[key] = os.environ[key]
 
-    result = subprocess.run(
+    result = subprocesses.run(
         [str(ROOT / "bin" / "manage"), "event_status", "--check"],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
 
@@ -118,7 +115,7 @@ def test_bin_manage_runs_a_command_from_any_folder_without_the_virtualenv(tmp_pa
     assert result.stdout.startswith("ok: ")
 
 
-def test_bin_manage_runs_next_to_bin_start_without_exporting_a_secret_key(tmp_path):
+def test_bin_manage_runs_next_to_bin_start_without_exporting_a_secret_key(tmp_path, subprocesses):
     # bin/start makes var/secret-key for its own processes; the README's commands in a
     # second terminal have debug off and would otherwise refuse to start.
     key_file = ROOT / "var" / "secret-key"
@@ -133,13 +130,8 @@ def test_bin_manage_runs_next_to_bin_start_without_exporting_a_secret_key(tmp_pa
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
     }
     try:
-        result = subprocess.run(
-            [str(ROOT / "bin" / "manage"), "check"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        result = subprocesses.run(
+            [str(ROOT / "bin" / "manage"), "check"], cwd=tmp_path, env=env, timeout=120
         )
     finally:
         if made_here:

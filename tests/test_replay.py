@@ -36,7 +36,7 @@ from tests.factories import (
 )
 from tests.probe.handlers import PROBE_EVENT
 from tests.probe.models import ProbeEffect
-from tests.processes import FakeTerminal, run_manage, wait_for
+from tests.processes import FakeTerminal, wait_for
 from uploads.events import FILE_DELETED
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
@@ -45,29 +45,6 @@ T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 # ------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------
-class PublishRecorder:
-    """Stands in for ``publish_deliveries_now``: records what would have been sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, uuid.UUID]] = []
-        self.calls = 0
-
-    def __call__(self, deliveries: Any) -> list[int]:
-        self.calls += 1
-        self.sent.extend((d.consumer, d.event_id) for d in deliveries)
-        Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).update(
-            enqueued_at=timezone.now()
-        )
-        return [d.pk for d in deliveries]
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> PublishRecorder:
-    recorder = PublishRecorder()
-    monkeypatch.setattr("housekeeping.replay.publish_deliveries_now", recorder)
-    return recorder
-
-
 @pytest.fixture
 def replay(django_capture_on_commit_callbacks):
     """``call_command("replay_events", ...)`` with its on-commit publishes executed."""
@@ -528,7 +505,7 @@ def test_bad_arguments_raise_a_clear_error_and_enqueue_nothing(
         (["--upload", "abc"], "--upload: 'abc' is not an upload id"),
     ],
 )
-def test_bad_arguments_exit_non_zero_with_one_line_on_stderr(args, message):
+def test_bad_arguments_exit_non_zero_with_one_line_on_stderr(run_manage, args, message):
     result = run_manage("replay_events", *args)
 
     assert result.returncode == 1
@@ -605,7 +582,6 @@ def test_keyset_pages_cover_events_that_share_a_timestamp_exactly_once(db, publi
 # ------------------------------------------------------------------------------
 # Through a real worker
 # ------------------------------------------------------------------------------
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_replayed_dead_delivery_is_done_by_the_worker(live_worker):
     # given a delivery whose failures outlasted its retries (4 tries) and then cleared up

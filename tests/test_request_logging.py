@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.processes import ROOT, free_port, wait_for
+from tests.processes import free_port, wait_for
 
 
 def get(url: str, request_id: str) -> int:
@@ -25,7 +24,7 @@ def get(url: str, request_id: str) -> int:
 
 
 @pytest.mark.timeout(120)
-def test_each_request_warning_is_logged_once_with_that_requests_id(tmp_path):
+def test_each_request_warning_is_logged_once_with_that_requests_id(tmp_path, subprocesses):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env |= {
@@ -34,22 +33,18 @@ def test_each_request_warning_is_logged_once_with_that_requests_id(tmp_path):
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
     }
     log_path = tmp_path / "web.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    server = subprocesses.start(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        env=env,
+        log_path=log_path,
+    )
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/health/", "warmup"), timeout=60)
         assert get(f"http://127.0.0.1:{port}/no-such-page-1/", "first-request-id") == 404
         assert get(f"http://127.0.0.1:{port}/no-such-page-2/", "second-request-id") == 404
         wait_for(lambda: "no-such-page-2" in log_path.read_text(), timeout=10)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        subprocesses.stop(server, timeout=30)
 
     lines = log_path.read_text().splitlines()
     first = [line for line in lines if "Not Found: /no-such-page-1/" in line]

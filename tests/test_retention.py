@@ -19,7 +19,7 @@ from tests.factories import (
     settled,
     upload_text,
 )
-from tests.processes import FakeTerminal, run_manage, wait_for
+from tests.processes import FakeTerminal, wait_for
 
 
 def age(events, days: int) -> None:
@@ -209,10 +209,9 @@ def test_beat_prunes_daily_on_the_events_queue():
     assert entry["schedule"].remaining_estimate(timezone.now()) <= dt.timedelta(days=1)
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_audit_chain_verifies_after_the_worker_prunes_what_it_delivered(
-    live_worker, user, settings
+    live_worker, user, settings, run_manage
 ):
     # given: uploads a real worker delivered to every consumer, the audit log included
     events = [uploaded_event(user) for _ in range(3)]

@@ -7,30 +7,46 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from django.test import RequestFactory
 from django.views.defaults import server_error
 
-from tests.processes import ROOT, free_port
+from tests.processes import ChildProcesses, free_port
 
 # Settings a developer's or CI's environment might carry into the child process.
 _INHERITED = ("DJANGO_", "TEST_", "EVENTS_TEST_", "FLOWER_")
 PUBLIC_DEVELOPMENT_KEY = "django-insecure-local-development-key-change-me-in-production"
 
 
-def run_process(argv: list[str], timeout: float = 60, **overrides: str):
-    env = {key: value for key, value in os.environ.items() if not key.startswith(_INHERITED)}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings.base",
-        CELERY_BROKER_URL="redis://127.0.0.1:1/0",
-        **overrides,
-    )
-    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def manage(*args: str, **overrides: str):
-    return run_process([sys.executable, "manage.py", *args], **overrides)
+@pytest.fixture
+def run_process(subprocesses: ChildProcesses) -> Run:
+    """``run_process(argv, **settings)``: ``argv`` with base settings and no inherited ones."""
+
+    def run(argv: list[str], timeout: float = 60, **overrides: str):
+        env = {key: value for key, value in os.environ.items() if not key.startswith(_INHERITED)}
+        env.update(
+            DJANGO_SETTINGS_MODULE="config.settings.base",
+            CELERY_BROKER_URL="redis://127.0.0.1:1/0",
+            **overrides,
+        )
+        return subprocesses.run(argv, env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def manage(run_process: Run) -> Run:
+    """``manage(*args, **settings)``: ``manage.py`` through :func:`run_process`."""
+
+    def run(*args: str, **overrides: str):
+        return run_process([sys.executable, "manage.py", *args], **overrides)
+
+    return run
 
 
 def assert_refused_in_one_line(result: subprocess.CompletedProcess[str]) -> None:
@@ -40,7 +56,7 @@ def assert_refused_in_one_line(result: subprocess.CompletedProcess[str]) -> None
     assert "refusing to start" in lines[0]
 
 
-def test_debug_is_off_when_nothing_turns_it_on():
+def test_debug_is_off_when_nothing_turns_it_on(manage):
     result = manage(
         "shell",
         "-c",
@@ -57,7 +73,7 @@ def test_debug_is_off_when_nothing_turns_it_on():
     [None, "", PUBLIC_DEVELOPMENT_KEY, "change-me-to-a-long-random-string"],
     ids=["unset", "empty", "public-dev-key", "env-example-placeholder"],
 )
-def test_a_command_refuses_to_start_without_a_real_secret_key(secret):
+def test_a_command_refuses_to_start_without_a_real_secret_key(manage, secret):
     overrides = {} if secret is None else {"DJANGO_SECRET_KEY": secret}
 
     result = manage("check", **overrides)
@@ -67,13 +83,13 @@ def test_a_command_refuses_to_start_without_a_real_secret_key(secret):
     assert result.stderr.strip().count("\n") == 0, result.stderr
 
 
-def test_debug_on_runs_with_the_development_key():
+def test_debug_on_runs_with_the_development_key(manage):
     result = manage("check", DJANGO_DEBUG="true")
 
     assert result.returncode == 0, result.stderr
 
 
-def test_a_celery_worker_refuses_to_start_without_a_real_secret_key():
+def test_a_celery_worker_refuses_to_start_without_a_real_secret_key(run_process):
     result = run_process(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "events", "-c", "1"],
         DJANGO_SECRET_KEY=PUBLIC_DEVELOPMENT_KEY,
@@ -82,7 +98,7 @@ def test_a_celery_worker_refuses_to_start_without_a_real_secret_key():
     assert_refused_in_one_line(result)
 
 
-def test_gunicorn_refuses_to_start_without_a_real_secret_key():
+def test_gunicorn_refuses_to_start_without_a_real_secret_key(run_process):
     result = run_process(
         [
             sys.executable,

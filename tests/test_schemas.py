@@ -176,7 +176,6 @@ def store_event(event_type: str, version: int, payload: dict[str, Any], consumer
     return event
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_stored_v1_upload_event_is_handled_by_every_consumer(live_worker, user, settings):
     storage_name = default_storage.save(
@@ -214,7 +213,6 @@ def test_stored_v1_upload_event_is_handled_by_every_consumer(live_worker, user, 
     assert "(26\xa0bytes, text/plain)" in mail.get_body(("plain",)).get_content()
 
 
-@pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_newer_version_waits_for_the_upgrade_unknown_type_goes_dead_and_nothing_else_blocks(
     live_worker, user

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from django.conf import settings
@@ -20,7 +17,6 @@ from django.core.management.base import CommandError
 from indexing import services
 from indexing.extraction import HIGHLIGHT_END, HIGHLIGHT_START, Extraction
 from indexing.search import fts5_query, highlight_html
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -274,20 +270,8 @@ def test_search_command_rejects_an_unknown_owner(user):
         call_command("search", "osprey", "--owner", "nobody")
 
 
-def test_search_command_exits_non_zero_for_an_unknown_owner(django_db_setup):
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
-    }
-    result = subprocess.run(
-        [sys.executable, "manage.py", "search", "osprey", "--owner", "nobody", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_search_command_exits_non_zero_for_an_unknown_owner(run_manage):
+    result = run_manage("search", "osprey", "--owner", "nobody", "--json")
 
     assert result.returncode != 0
     assert "unknown owner 'nobody'" in result.stderr

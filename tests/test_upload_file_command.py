@@ -8,7 +8,6 @@ import pytest
 from django.core.management import call_command
 
 from events.models import Event
-from tests.processes import run_manage
 from uploads.models import Upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,7 +39,7 @@ def test_upload_file_uploads_each_path_for_the_owner(user, tmp_path, capsys):
     ids=["unknown-owner", "missing-file", "directory", "empty-file", "too-large"],
 )
 def test_upload_file_refuses_bad_input_with_one_line_and_stores_nothing(
-    user, tmp_path, settings, make_path, owner, message
+    user, tmp_path, settings, run_manage, make_path, owner, message
 ):
     (tmp_path / "ok.txt").write_text("fine")
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -65,7 +64,7 @@ def _small_upload_limit(monkeypatch):
     monkeypatch.setenv("UPLOAD_MAX_BYTES", "2048")
 
 
-def test_upload_file_needs_an_owner_and_a_path():
+def test_upload_file_needs_an_owner_and_a_path(run_manage):
     result = run_manage("upload_file")
 
     assert result.returncode != 0

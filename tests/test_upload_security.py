@@ -57,12 +57,6 @@ def post_raw(client: Client, filename: str, content: bytes, **extra: Any) -> Any
     return client.generic("POST", "/uploads/new/", body, content_type=content_type, **extra)
 
 
-@pytest.fixture
-def signed_in(client: Client, user) -> Client:
-    client.force_login(user)
-    return client
-
-
 # ------------------------------------------------------------------------------
 # Hostile file names
 # ------------------------------------------------------------------------------

@@ -25,12 +25,6 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def signed_in(client: Client, user) -> Client:
-    client.force_login(user)
-    return client
-
-
 def badges(html: str) -> list[tuple[str, str, str]]:
     """``(class, data-consumer, data-state)`` of every badge on a page."""
     return re.findall(
@@ -460,7 +454,6 @@ def test_delete_removes_the_upload_publishes_and_says_so(signed_in, user):
 # ------------------------------------------------------------------------------
 # The badges catch up with a real worker
 # ------------------------------------------------------------------------------
-@pytest.mark.worker
 def test_badges_go_from_pending_to_done_as_the_consumers_finish(live_worker, client, user):
     client.force_login(user)
     response = client.post(
