@@ -113,8 +113,25 @@ class BenchWorker(CeleryWorker):
         self._control("add_consumer", queues)
 
     def stop_consuming(self, queues: Sequence[str]) -> None:
-        """Stop consuming ``queues`` (``cancel_consumer``)."""
+        """Stop consuming ``queues`` (``cancel_consumer``) and wait until the worker has.
+
+        Both commands only schedule the change, in no guaranteed order: an
+        ``add_consumer`` sent right after would otherwise find the queue still consumed,
+        do nothing, and the late cancel would leave it unconsumed (seen with ``-P solo``).
+        """
         self._control("cancel_consumer", queues)
+        wait_for(
+            lambda: not set(queues) & self.consumed_queues(),
+            timeout=30,
+            what=f"worker {self.label} to stop consuming {', '.join(queues)}",
+        )
+
+    def consumed_queues(self) -> set[str]:
+        """The queues the worker says it consumes right now (``active_queues``)."""
+        from celery import current_app
+
+        replies = current_app.control.inspect([self.hostname], timeout=5).active_queues() or {}
+        return {queue["name"] for queue in replies.get(self.hostname, [])}
 
     def cpu_seconds(self) -> float:
         """User plus system CPU seconds of the worker and its pool so far."""
