@@ -81,9 +81,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(h: Harness, args: argparse.Namespace) -> list[ratios.Ratio]:
+def run(harness: Harness, args: argparse.Namespace) -> list[ratios.Ratio]:
     """Every measurement, in an order that leaves each phase's queues empty for the next."""
-    h.warm_up()
+    harness.warm_up()
     found: list[ratios.Ratio] = []
 
     # Throughput: the three paired ratios, round by round, alternating which side goes
@@ -96,7 +96,7 @@ def run(h: Harness, args: argparse.Namespace) -> list[ratios.Ratio]:
             ("noop", ratios.pipeline_overhead_round),
             ("e2e", ratios.end_to_end_round),
         ):
-            rounds[key].append(measure(h, args.events, ours_first=ours_first))
+            rounds[key].append(measure(harness, args.events, ours_first=ours_first))
     for title, key, labels in (
         ("backlog, real handlers: ", "backlog", ("ours ", "naive")),
         ("backlog, no-op handlers:", "noop", ("ours ", "bare ")),
@@ -118,8 +118,8 @@ def run(h: Harness, args: argparse.Namespace) -> list[ratios.Ratio]:
 
     # Replay, per consumer: inline against the live workers.
     replays = []
-    for consumer in h.consumers:
-        replay = ratios.inline_replay_ratio(h, consumer, args.replay_events)
+    for consumer in harness.consumers:
+        replay = ratios.inline_replay_ratio(harness, consumer, args.replay_events)
         print("\n".join(replay.figures()))
         replays.append(replay)
         found.append(replay.ratio())
@@ -127,14 +127,14 @@ def run(h: Harness, args: argparse.Namespace) -> list[ratios.Ratio]:
 
     # Replay memory: by default on the fastest inline consumer, the shortest large replay.
     inline_rates = {replay.consumer: replay.inline.per_second for replay in replays}
-    consumer = max(h.consumers, key=lambda c: inline_rates[c.name])
+    consumer = max(harness.consumers, key=lambda c: inline_rates[c.name])
     if args.rss_consumer:
-        consumer = h.consumer_named(args.rss_consumer)
-    rss, figures = ratios.replay_rss_ratio(h, consumer, args.rss_small, args.rss_large)
+        consumer = harness.consumer_named(args.rss_consumer)
+    rss, figures = ratios.replay_rss_ratio(harness, consumer, args.rss_small, args.rss_large)
     print("\n".join(figures))
     found.append(rss)
 
-    latency, figure = ratios.upload_latency_ratios(h, args.latency_uploads)
+    latency, figure = ratios.upload_latency_ratios(harness, args.latency_uploads)
     print(figure)
     return found + latency
 
@@ -145,23 +145,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     with scratch_environment(database_url=args.database_url, keep=args.keep) as (env, workdir):
         from celery import current_app
 
-        h = Harness(env, workdir, concurrency=args.concurrency)
+        harness = Harness(env, workdir, concurrency=args.concurrency)
         if args.rss_consumer:
-            h.consumer_named(args.rss_consumer)  # a typo fails now, not after the drains
+            harness.consumer_named(args.rss_consumer)  # a typo fails now, not after the drains
         print(f"command:  {' '.join([Path(sys.executable).name, *sys.argv])}")
         print(
-            f"setup:    {env['DATABASE_URL'].split('://')[0]}; workers {h.real.flags}, "
+            f"setup:    {env['DATABASE_URL'].split('://')[0]}; workers {harness.real.flags}, "
             f"prefetch multiplier {current_app.conf.worker_prefetch_multiplier}, acks_late "
             f"{current_app.conf.task_acks_late}; consumers "
-            f"{', '.join(c.name for c in h.consumers)}; load average "
+            f"{', '.join(c.name for c in harness.consumers)}; load average "
             f"{load_before[0]:.2f} on {os.cpu_count()} CPUs"
         )
         sys.stdout.flush()
         try:
-            h.start()
-            found = run(h, args)
+            harness.start()
+            found = run(harness, args)
         finally:
-            h.stop()
+            harness.stop()
     for ratio in found:
         print(ratio.line())
     load_after = os.getloadavg()

@@ -64,7 +64,7 @@ def paired_ratio(name: str, pairs: list[Pair], target: float) -> Ratio:
 # ------------------------------------------------------------------------------
 # Throughput: one round of each paired ratio
 # ------------------------------------------------------------------------------
-def _backlog_pair(h: Harness, baseline: str, events: int, *, ours_first: bool) -> Pair:
+def _backlog_pair(harness: Harness, baseline: str, events: int, *, ours_first: bool) -> Pair:
     """Ours and ``baseline`` stored while nothing consumes, then drained one after the other.
 
     ``naive``: the naive tasks with real handlers, on the real-handler worker;
@@ -72,22 +72,24 @@ def _backlog_pair(h: Harness, baseline: str, events: int, *, ours_first: bool) -
     """
     from events.models import Delivery
 
-    n, k = events, len(h.consumers)
-    worker = h.real if baseline == "naive" else h.noop
-    before = h.last_delivery_pk()
+    n, k = events, len(harness.consumers)
+    worker = harness.real if baseline == "naive" else harness.noop
+    before = harness.last_delivery_pk()
     for _ in range(n):
-        h.upload("events")
+        harness.upload("events")
     if baseline == "naive":
         for _ in range(n):
-            h.upload("naive")
-        queues, names = h.naive_queues, h.naive_names
+            harness.upload("naive")
+        queues, names = harness.naive_queues, harness.naive_names
     else:
-        h.publish_bare(n * k)
-        queues, names = h.bare_queues, {"bench.noop"}
+        harness.publish_bare(n * k)
+        queues, names = harness.bare_queues, {"bench.noop"}
     results: dict[str, Drain] = {}
     for side in ("ours", baseline) if ours_first else (baseline, "ours"):
         if side == "ours":
-            drained = drain(worker, queues=h.queues, names=h.task_names, count=n * k, what="ours")
+            drained = drain(
+                worker, queues=harness.queues, names=harness.task_names, count=n * k, what="ours"
+            )
             ours = Delivery.objects.filter(pk__gt=before)
             results[side] = ledger_drain(drained, ours, n * k, "backlog")
         else:
@@ -97,52 +99,52 @@ def _backlog_pair(h: Harness, baseline: str, events: int, *, ours_first: bool) -
     return results["ours"], results[baseline]
 
 
-def guarantee_overhead_round(h: Harness, events: int, *, ours_first: bool) -> Pair:
+def guarantee_overhead_round(harness: Harness, events: int, *, ours_first: bool) -> Pair:
     """Backlog of ``events`` uploads, real handlers: the consumers against the naive tasks."""
-    return _backlog_pair(h, "naive", events, ours_first=ours_first)
+    return _backlog_pair(harness, "naive", events, ours_first=ours_first)
 
 
-def pipeline_overhead_round(h: Harness, events: int, *, ours_first: bool) -> Pair:
+def pipeline_overhead_round(harness: Harness, events: int, *, ours_first: bool) -> Pair:
     """Backlog of ``events`` uploads, no-op handlers: the consumers against bare Celery tasks."""
-    return _backlog_pair(h, "bare", events, ours_first=ours_first)
+    return _backlog_pair(harness, "bare", events, ours_first=ours_first)
 
 
-def _end_to_end(h: Harness, mode: str, events: int) -> Drain:
+def _end_to_end(harness: Harness, mode: str, events: int) -> Drain:
     """N uploads while the consumers run, timed from the first upload to the last task."""
-    n, k = events, len(h.consumers)
-    queues, names = h.queues, h.task_names
+    n, k = events, len(harness.consumers)
+    queues, names = harness.queues, harness.task_names
     if mode == "naive":
-        queues, names = h.naive_queues, h.naive_names
-    h.real.consume(queues)
+        queues, names = harness.naive_queues, harness.naive_names
+    harness.real.consume(queues)
     # One upload first, unmeasured: its tasks finishing say the worker consumes the
     # queues now (a Redis consumer added mid-poll joins only after that poll ends).
     since = time.time()
-    h.upload(mode)
+    harness.upload(mode)
     wait_until_finished(
-        h.real.timing, names, count=k, since=since, timeout=TIMEOUT, what="a first upload"
+        harness.real.timing, names, count=k, since=since, timeout=TIMEOUT, what="a first upload"
     )
     started = time.time()
-    cpu = h.real.cpu_seconds()
+    cpu = harness.real.cpu_seconds()
     for _ in range(n):
-        h.upload(mode)
+        harness.upload(mode)
     times = wait_until_finished(
-        h.real.timing,
+        harness.real.timing,
         names,
         count=n * k,
         since=started,
         timeout=TIMEOUT,
         what=f"end to end ({mode})",
     )
-    cpu = h.real.cpu_seconds() - cpu
-    h.real.stop_consuming(queues)
+    cpu = harness.real.cpu_seconds() - cpu
+    harness.real.stop_consuming(queues)
     # Counted in uploads from the first upload's start: n + 1 instants bound n intervals.
     return Drain(n + 1, first=started, last=times[-1], cpu=cpu, tasks=n * k, unit="uploads")
 
 
-def end_to_end_round(h: Harness, events: int, *, ours_first: bool) -> Pair:
+def end_to_end_round(harness: Harness, events: int, *, ours_first: bool) -> Pair:
     """``events`` uploads through ``create_upload`` until every consumer finished, both producers."""
     modes = ("events", "naive") if ours_first else ("naive", "events")
-    runs = {mode: _end_to_end(h, mode, events) for mode in modes}
+    runs = {mode: _end_to_end(harness, mode, events) for mode in modes}
     return runs["events"], runs["naive"]
 
 
@@ -161,11 +163,11 @@ def throughput_cost_model(backlog: list[Pair], noop: list[Pair]) -> str:
 # ------------------------------------------------------------------------------
 # Replay
 # ------------------------------------------------------------------------------
-def live_replay(h: Harness, consumer: Any, count: int) -> Drain:
+def live_replay(harness: Harness, consumer: Any, count: int) -> Drain:
     """Stored events sent to ``consumer``'s queue by ``replay_events``, drained by workers."""
     from django.core.management import call_command
 
-    window = h.bulk_events(count)
+    window = harness.bulk_events(count)
     call_command(
         "replay_events",
         *["--consumer", consumer.name],
@@ -173,13 +175,13 @@ def live_replay(h: Harness, consumer: Any, count: int) -> Drain:
         stdout=io.StringIO(),
     )
     drained = drain(
-        h.real,
+        harness.real,
         queues=[consumer.queue],
         names={consumer.task_name},
         count=count,
         what=f"draining {consumer.name}",
     )
-    return ledger_drain(drained, h.window_deliveries(consumer, window), count, consumer.name)
+    return ledger_drain(drained, harness.window_deliveries(consumer, window), count, consumer.name)
 
 
 @dataclass(frozen=True)
@@ -191,28 +193,28 @@ class InlineReplay:
     peak_rss_kib: int
 
 
-def inline_replay(h: Harness, consumer: Any, count: int) -> InlineReplay:
+def inline_replay(harness: Harness, consumer: Any, count: int) -> InlineReplay:
     """``replay_events --consumer X --inline`` in a child process over ``count`` bulk events.
 
     The peak RSS is ``wait4``'s ``ru_maxrss`` for that one child.
     """
     from django.db.models import Max, Min
 
-    window = h.bulk_events(count)
-    log = h.workdir / f"replay-{consumer.name}-{count}.log"
+    window = harness.bulk_events(count)
+    log = harness.workdir / f"replay-{consumer.name}-{count}.log"
     command = [sys.executable, "manage.py", "replay_events", "--consumer", consumer.name]
     command += ["--inline", "--since", window[0].isoformat(), "--until", window[1].isoformat()]
     started = time.perf_counter()
     with log.open("wb") as output:
         child = subprocess.Popen(
-            command, cwd=ROOT, env=h.env, stdout=output, stderr=subprocess.STDOUT
+            command, cwd=ROOT, env=harness.env, stdout=output, stderr=subprocess.STDOUT
         )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
     if child.returncode != 0:
         raise SystemExit(f"bench: replay_events failed ({child.returncode}); see {log}")
-    deliveries = h.window_deliveries(consumer, window)
+    deliveries = harness.window_deliveries(consumer, window)
     done = deliveries.filter(state="done").count()
     if done != count:
         raise SystemExit(f"bench: inline replay of {consumer.name}: {done} of {count} done")
@@ -246,10 +248,10 @@ class ReplayComparison:
         )
 
 
-def inline_replay_ratio(h: Harness, consumer: Any, count: int) -> ReplayComparison:
+def inline_replay_ratio(harness: Harness, consumer: Any, count: int) -> ReplayComparison:
     """``count`` events replayed to ``consumer`` by the live workers, then inline."""
-    live = live_replay(h, consumer, count)
-    return ReplayComparison(consumer.name, live, inline_replay(h, consumer, count))
+    live = live_replay(harness, consumer, count)
+    return ReplayComparison(consumer.name, live, inline_replay(harness, consumer, count))
 
 
 def handler_cost_model(replays: list[ReplayComparison], noop_ms: float) -> str:
@@ -261,12 +263,14 @@ def handler_cost_model(replays: list[ReplayComparison], noop_ms: float) -> str:
     )
 
 
-def replay_rss_ratio(h: Harness, consumer: Any, small: int, large: int) -> tuple[Ratio, list[str]]:
+def replay_rss_ratio(
+    harness: Harness, consumer: Any, small: int, large: int
+) -> tuple[Ratio, list[str]]:
     """Peak RSS of inline replays of ``large`` against ``small`` bulk events, and figure lines."""
     figures: list[str] = []
     peaks: dict[int, int] = {}
     for count in (small, large):
-        replay = inline_replay(h, consumer, count)
+        replay = inline_replay(harness, consumer, count)
         peaks[count] = replay.peak_rss_kib
         figures.append(
             f"replay {consumer.name}: {count} events inline, peak RSS "
@@ -292,7 +296,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def upload_latency_ratios(h: Harness, uploads: int) -> tuple[list[Ratio], str]:
+def upload_latency_ratios(harness: Harness, uploads: int) -> tuple[list[Ratio], str]:
     """``create_upload`` p50 and p95 with events against the upload alone, and the figure line.
 
     The modes are interleaved upload by upload, the order rotating, so a drift in machine
@@ -300,11 +304,11 @@ def upload_latency_ratios(h: Harness, uploads: int) -> tuple[list[Ratio], str]:
     """
     modes = ["events", "outbox", "none", "naive"]
     for mode in modes:  # warm: first connection, imports, storage folders
-        h.upload(mode)
+        harness.upload(mode)
     durations: dict[str, list[float]] = {mode: [] for mode in modes}
     for n in range(uploads):
         for mode in modes[n % len(modes) :] + modes[: n % len(modes)]:
-            durations[mode].append(h.upload(mode))
+            durations[mode].append(harness.upload(mode))
     p50 = {mode: statistics.median(values) * 1000 for mode, values in durations.items()}
     p95 = {mode: percentile(values, 0.95) * 1000 for mode, values in durations.items()}
     figure = f"create_upload ms, {uploads} each, interleaved: " + "; ".join(
