@@ -7,14 +7,21 @@ queue, ledger and retries stay, so a drain measures the pipeline's own overhead.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import MutableMapping
 
 from django.apps import AppConfig
+
+from events.registry import Consumer
 
 
 def _noop(*args: object) -> None:
     """Handle nothing."""
+
+
+def with_noop_handlers(consumer: Consumer) -> Consumer:
+    """``consumer`` with the same queue, limits and event types, every handler a no-op."""
+    return dataclasses.replace(consumer, handlers=dict.fromkeys(consumer.handlers, _noop))
 
 
 class BenchConfig(AppConfig):
@@ -24,13 +31,10 @@ class BenchConfig(AppConfig):
     def ready(self) -> None:
         # Last in INSTALLED_APPS: every consumer has registered itself by now.
         from bench import naive, timing
-        from events.registry import all_consumers
+        from events.registry import all_consumers, replace_consumer
 
         naive.create_naive_tasks()
         timing.install()
         if os.environ.get("BENCH_NOOP_HANDLERS") == "1":
             for consumer in all_consumers():
-                if not isinstance(consumer.handlers, MutableMapping):
-                    raise RuntimeError("bench: consumer handlers are no longer a dict to swap")
-                for event_type in list(consumer.handlers):
-                    consumer.handlers[event_type] = _noop
+                replace_consumer(with_noop_handlers(consumer))

@@ -23,14 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pipeline import (
-    ROOT,
-    Bench,
-    BenchWorker,
-    drain,
-    parse_args,
-    scratch_environment,
-)
+from bench.harness import ROOT, BenchWorker, Harness, drain, scratch_environment
 
 SIDES = ("bare", "naive", "noop", "real")
 WARM_UP = 3
@@ -69,55 +62,61 @@ def cumulative(stats: pstats.Stats, keys: Iterable[Key]) -> float:
     return sum(table[key][3] for key in set(keys) if key in table)
 
 
-def side_setup(bench: Bench, side: str) -> tuple[list[str], set[str], Callable[[int], None]]:
+def side_setup(harness: Harness, side: str) -> tuple[list[str], set[str], Callable[[int], None]]:
     """Queues, task names and a producer of ``n`` events' worth of messages for ``side``."""
-    k = len(bench.consumers)
+    k = len(harness.consumers)
     if side == "bare":
-        return bench.bare_queues, {"bench.noop"}, lambda n: bench.publish_bare(n * k)
+        return harness.bare_queues, {"bench.noop"}, lambda n: harness.publish_bare(n * k)
     if side == "naive":
         return (
-            bench.naive_queues,
-            bench.naive_names,
-            lambda n: [bench.upload("naive") for _ in range(n)],
+            harness.naive_queues,
+            harness.naive_names,
+            lambda n: [harness.upload("naive") for _ in range(n)],
         )
-    return bench.queues, bench.task_names, lambda n: [bench.upload("events") for _ in range(n)]
+    return (
+        harness.queues,
+        harness.task_names,
+        lambda n: [harness.upload("events") for _ in range(n)],
+    )
 
 
-def profile_side(bench: Bench, side: str, events: int) -> pstats.Stats:
+def profile_side(harness: Harness, side: str, events: int) -> pstats.Stats:
     """Drain ``events`` uploads' worth of ``side``'s messages in a profiled solo worker."""
-    output = bench.workdir / f"{side}.prof"
+    output = harness.workdir / f"{side}.prof"
     worker = BenchWorker(
         label=f"profile-{side}",
         env={
-            **bench.env,
+            **harness.env,
             "BENCH_NOOP_HANDLERS": "1" if side == "noop" else "0",
-            "BENCH_PROFILE_AFTER": str(WARM_UP * len(bench.consumers)),
+            "BENCH_PROFILE_AFTER": str(WARM_UP * len(harness.consumers)),
         },
-        workdir=bench.workdir,
+        workdir=harness.workdir,
         concurrency=1,
-        launcher=[sys.executable, str(ROOT / "bench" / "profiled_worker.py"), str(output)],
+        program=[sys.executable, str(ROOT / "bench" / "profiled_worker.py"), str(output)],
         pool="solo",
     )
-    queues, names, produce = side_setup(bench, side)
-    worker.start()
+    queues, names, produce = side_setup(harness, side)
+    worker.start_idle()
     try:
         worker.wait_ready()
         for count in (WARM_UP, events):
             produce(count)
-            drain(worker, queues=queues, names=names, count=count * len(bench.consumers), what=side)
+            drain(
+                worker, queues=queues, names=names, count=count * len(harness.consumers), what=side
+            )
     finally:
         worker.stop()
     return pstats.Stats(str(output))
 
 
-def report(bench: Bench, side: str, stats: pstats.Stats, events: int) -> None:
+def report(harness: Harness, side: str, stats: pstats.Stats, events: int) -> None:
     from celery import current_app
 
-    tasks = events * len(bench.consumers)
+    tasks = events * len(harness.consumers)
     table = stats.stats  # type: ignore[attr-defined]
     idle = sum(entry[2] for key, entry in table.items() if key[2] in IDLE)
     active = stats.total_tt - idle  # type: ignore[attr-defined]
-    _, names, _ = side_setup(bench, side)
+    _, names, _ = side_setup(harness, side)
     body = cumulative(stats, [code_key(current_app.tasks[name].run) for name in names])
     ms = 1000 / tasks
     line = (
@@ -125,7 +124,7 @@ def report(bench: Bench, side: str, stats: pstats.Stats, events: int) -> None:
         f" + task function {body * ms:.2f}"
     )
     if side != "bare":
-        per_handler = {c.name: cumulative(stats, handler_keys(c)) for c in bench.consumers}
+        per_handler = {c.name: cumulative(stats, handler_keys(c)) for c in harness.consumers}
         handlers = sum(per_handler.values())
         rest = "ledger" if side in ("noop", "real") else "loading the event"
         line += f" (handlers {handlers * ms:.2f} + {rest} {(body - handlers) * ms:.2f})"
@@ -160,12 +159,12 @@ def main() -> None:
         env,
         workdir,
     ):
-        bench = Bench(parse_args(["--events", str(args.events)]), env, workdir)
+        harness = Harness(env, workdir, concurrency=1)
         print(f"profiles of -P solo workers, {args.events} uploads per side; in {workdir}")
-        results = {side: profile_side(bench, side, args.events) for side in SIDES}
+        results = {side: profile_side(harness, side, args.events) for side in SIDES}
         for side, stats in results.items():
-            report(bench, side, stats, args.events)
-        top_functions(results["real"], args.events * len(bench.consumers))
+            report(harness, side, stats, args.events)
+        top_functions(results["real"], args.events * len(harness.consumers))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``celery`` under cProfile (CPU time) from its first task to its exit (used by ``bench/profile.py``).
+"""``celery`` under cProfile (CPU time) from its first task to its exit (used by ``bench/profile_drain.py``).
 
     python bench/profiled_worker.py OUT.prof -A config worker -P solo ...
 

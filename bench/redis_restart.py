@@ -38,40 +38,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port  # noqa: E402
+from redis import Redis as RedisClient  # noqa: E402
+
+from tests.processes import RedisServer  # noqa: E402
 
 UPLOADS = 50
 
 
-class Redis:
-    """A private redis-server without persistence, restartable on the same port."""
+class Redis(RedisServer):
+    """The suite's private redis-server (no persistence, restartable on the same port)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str) -> str:
-        command = ["redis-cli", "-p", str(self.port), *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout.strip()
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        with (self.workdir / "redis.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while self.cli("ping") != "PONG":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.1)
+    def client(self) -> RedisClient:
+        return RedisClient.from_url(self.url, decode_responses=True)
 
     def shutdown(self) -> None:
         """``SHUTDOWN NOSAVE``: everything it held is gone."""
         if self.process is not None and self.process.poll() is None:
-            self.cli("shutdown", "nosave")
-            self.process.wait(timeout=10)
-        self.process = None
+            self.client().shutdown(nosave=True)
+        self.stop()
 
 
 class Process:
@@ -112,7 +96,7 @@ class Stack:
             "DATABASE_URL": f"sqlite:///{workdir}/db.sqlite3",
             "MEDIA_ROOT": str(workdir / "media"),
             "EMAIL_URL": f"filemail:///{workdir}/mail",
-            "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "CELERY_BROKER_URL": redis.url,
             "EVENTS_RELAY_INTERVAL_SECONDS": "2",
             "PYTHONUNBUFFERED": "1",
             **extra,
@@ -159,7 +143,7 @@ class Stack:
 def one_run(args: argparse.Namespace, extra: dict[str, str], number: int) -> dict[str, object]:
     """Upload with consumers down, lose Redis, start consumers, time the deliveries."""
     workdir = Path(tempfile.mkdtemp(prefix=f"redis-restart-{number}-"))
-    redis = Redis(workdir)
+    redis = Redis(workdir / "redis")
     redis.start()
     stack = Stack(args.root, workdir, redis, extra)
     result: dict[str, object] = {"run": number}
@@ -182,7 +166,7 @@ def one_run(args: argparse.Namespace, extra: dict[str, str], number: int) -> dic
             path.write_text(f"upload number {i}\n")
             paths.append(str(path))
         stack.manage("upload_file", *paths, "--owner", "bench")
-        result["queued_before"] = {queue: int(redis.cli("llen", queue)) for queue in consumers}
+        result["queued_before"] = {queue: redis.client().llen(queue) for queue in consumers}
 
         wait = random.uniform(0, args.max_wait_before_restart)
         time.sleep(wait)
@@ -233,10 +217,11 @@ def diagnose(stack: Stack, redis: Redis, queues: list[str]) -> dict[str, object]
         timeout=60,
     )
     (stack.workdir / "inspect-active-queues.txt").write_text(inspect.stdout + inspect.stderr)
+    client = redis.client()
     return {
-        "keys": sorted(redis.cli("keys", "*").splitlines()),
-        "llen": {queue: redis.cli("llen", queue) for queue in queues},
-        "unacked": redis.cli("hlen", "unacked"),
+        "keys": sorted(client.keys("*")),
+        "llen": {queue: client.llen(queue) for queue in queues},
+        "unacked": client.hlen("unacked"),
     }
 
 

@@ -1,4 +1,4 @@
-"""Completion times of the tasks bench workers run, read back by ``bench/pipeline.py``.
+"""Completion times of the tasks bench workers run, read back by ``bench/harness.py``.
 
 Every side is timed the same way: a worker started with ``BENCH_TIMING_DIR`` appends
 one line per finished task (``time.time()``, task name, state) to a file per pool

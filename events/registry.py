@@ -105,3 +105,17 @@ def all_consumers() -> list[Consumer]:
 def consumers_for(event_type: str) -> list[Consumer]:
     """The consumers subscribed to ``event_type``, in registration order."""
     return [consumer for consumer in all_consumers() if consumer.handles(event_type)]
+
+
+def replace_consumer(consumer: Consumer) -> Consumer:
+    """Put ``consumer`` in the place of the registered consumer of the same name.
+
+    For a variant made with ``dataclasses.replace`` (the bench's no-op handlers): the
+    consumer task looks its consumer up by name per delivery, so it runs the variant.
+    The queue must stay the one the task was built with.
+    """
+    existing = get_consumer(consumer.name)
+    if consumer.queue != existing.queue:
+        raise ValueError(f"consumer {consumer.name!r} cannot move from {existing.queue!r}")
+    _consumers[consumer.name] = consumer
+    return consumer

@@ -189,8 +189,19 @@ class CeleryWorker:
     """``celery -A config worker`` in its own process group, against the test database."""
 
     def __init__(
-        self, *, broker_url: str, env: dict[str, str], queues: Sequence[str], log_path: Path
+        self,
+        *,
+        broker_url: str,
+        env: dict[str, str],
+        queues: Sequence[str],
+        log_path: Path,
+        settings_module: str = "config.settings.test",
+        program: Sequence[str] = (sys.executable, "-m", "celery"),
+        options: Sequence[str] = (),
+        name: str = "test",
     ) -> None:
+        """``options`` are appended to the deployment's worker command line (the last
+        ``-l`` wins); ``program`` runs it (the bench runs one under cProfile)."""
         if isinstance(queues, str):
             # A string is a sequence too: "probe" would become the queues p,r,o,b,e.
             raise TypeError(f"queues must be a list of queue names, not the string {queues!r}")
@@ -198,15 +209,20 @@ class CeleryWorker:
         self.env = env
         self.queues = queues
         self.log_path = log_path
+        self.settings_module = settings_module
+        self.program = list(program)
+        self.options = list(options)
+        self.name = name
         self.process: subprocess.Popen[bytes] | None = None
         self.hostname = ""
 
-    def start(self, *, concurrency: int = 2) -> None:
-        self.hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
+    def start(self, *, concurrency: int = 2, wait: bool = True) -> None:
+        """Start the worker; unless ``wait`` is false, return once it answers a ping."""
+        self.hostname = f"{self.name}-{uuid.uuid4().hex[:8]}@localhost"
         env = {
             **os.environ,
             **self.env,
-            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DJANGO_SETTINGS_MODULE": self.settings_module,
             "TEST_CELERY_BROKER_URL": self.broker_url,
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,8 +234,9 @@ class CeleryWorker:
                 queues=self.queues,
                 concurrency=concurrency,
                 hostname=self.hostname,
-                program=[sys.executable, "-m", "celery"],
-            ),
+                program=self.program,
+            )
+            + self.options,
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -227,6 +244,8 @@ class CeleryWorker:
             start_new_session=True,
         )
         log.close()
+        if not wait:
+            return
         wait_for(
             self.is_ready,
             timeout=60,
