@@ -239,7 +239,9 @@ METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # ------------------------------------------------------------------------------
 # Flower
 # ------------------------------------------------------------------------------
-FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
+# FLOWER_BASIC_AUTH is read by Flower from the environment, and checked at its start by
+# config/startup.py. It is not a Django setting on purpose: Celery's configuration dump
+# (Flower's /api/workers) lists every Django setting and would show it.
 
 # ------------------------------------------------------------------------------
 # Logging
