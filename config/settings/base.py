@@ -126,8 +126,15 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-# The client address is REMOTE_ADDR. Behind a proxy every client shares the proxy's
-# address; set AXES_IPWARE_PROXY_COUNT (and install django-axes[ipware]) there.
+# ------------------------------------------------------------------------------
+# Sign-in lock-out behind proxies (issue 21). The client address is REMOTE_ADDR unless
+# AXES_IPWARE_PROXY_COUNT says how many proxies in front of Django each append to
+# X-Forwarded-For; then it is that many entries from the right (config/client_ip.py,
+# which axes consults first, so installing django-ipware changes nothing). Unset here:
+# any X-Forwarded-For is the client's own words.
+# ------------------------------------------------------------------------------
+AXES_IPWARE_PROXY_COUNT = env.int("AXES_IPWARE_PROXY_COUNT", default=None)
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip_address"
 
 # ------------------------------------------------------------------------------
 # HTTPS and browser protections. Safe defaults follow DEBUG: on when it is off, so
