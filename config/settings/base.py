@@ -61,6 +61,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files itself, so gunicorn needs no proxy for /static/.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # PostgreSQL statement_timeout for web requests only (DATABASE_STATEMENT_TIMEOUT_MS).
+    "config.middleware.StatementTimeoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -189,6 +191,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # delivery's own queries.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# ------------------------------------------------------------------------------
+# Bounded web work (issue 21). On PostgreSQL each statement of a web request is
+# cancelled after this many milliseconds (config.middleware.StatementTimeoutMiddleware;
+# workers and commands are not held to it). Half of gunicorn's 60 s --timeout, so a
+# runaway query ends with an answer instead of a killed gunicorn worker. 0: no limit.
+# ------------------------------------------------------------------------------
+DATABASE_STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=30_000)
 # Celery 5.7's Django fixup closes every connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (celery#4116, #9824); it then closes them only every that
 # many tasks. config/celery_signals.py applies CONN_MAX_AGE and the health check around each task
