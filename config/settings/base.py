@@ -228,6 +228,17 @@ FILE_UPLOAD_HANDLERS = [
 UPLOAD_ALLOWED_TYPES = env.list("UPLOAD_ALLOWED_TYPES", default=[])
 
 # ------------------------------------------------------------------------------
+# Per-user upload limits (issue 21; uploads.services.check_upload_limits), counted on
+# the database so every web host shares them. Each upload costs every consumer's work.
+# Defaults a person never meets: 60 uploads a minute (one a second, sustained) answers
+# 429 with Retry-After beyond it; 10 GiB stored answers 413 quota_exceeded. 0 turns a
+# limit off. Staff are held to them too unless UPLOAD_LIMITS_EXEMPT_STAFF=true.
+# ------------------------------------------------------------------------------
+UPLOAD_RATE_PER_MINUTE = env.int("UPLOAD_RATE_PER_MINUTE", default=60)
+UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=10 * 1024**3)
+UPLOAD_LIMITS_EXEMPT_STAFF = env.bool("UPLOAD_LIMITS_EXEMPT_STAFF", default=False)
+
+# ------------------------------------------------------------------------------
 # Email: default writes each message to a file under var/mail/ so it can be opened.
 # django-environ reads filemail:///abs as a relative path: four slashes for absolute.
 # ------------------------------------------------------------------------------
