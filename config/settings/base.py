@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every later log line and every event of the request carries its id.
     "config.middleware.CorrelationIdMiddleware",
+    # A client gone mid-body: one warning line, not a 500 traceback.
+    "config.middleware.ClientDisconnectMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves collected static files itself, so gunicorn needs no proxy for /static/.
     "whitenoise.middleware.WhiteNoiseMiddleware",
