@@ -71,30 +71,49 @@ def apply_statement_timeout(milliseconds: int) -> None:
 
 
 class _DisconnectAwareStream:
-    """The request body stream, noting on the request when reading it fails.
+    """The request body stream, noting on the request when the client went away.
 
-    The WSGI server raises ``OSError`` when the client goes away mid-body (gunicorn's
-    ``NoMoreData`` is one); Django turns that into ``UnreadablePostError``, which
-    ``CsrfViewMiddleware`` swallows, leaving the view an empty ``request.FILES``.
+    A reset connection makes the WSGI server raise ``OSError`` (gunicorn's
+    ``NoMoreData`` is one), which Django turns into ``UnreadablePostError`` and
+    ``CsrfViewMiddleware`` swallows, leaving the view an empty ``request.FILES``. A
+    connection closed cleanly mid-body just reads short: fewer bytes than asked for
+    while ``Content-Length`` says more are due.
     """
 
     def __init__(self, stream: Any, request: HttpRequest) -> None:
         self._stream = stream
         self._request = request
-
-    def read(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            return self._stream.read(*args, **kwargs)
+            self._due: int | None = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            self._due = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (close, seek, the server's own attributes) is the stream's.
+        return getattr(self._stream, name)
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            data = self._stream.read(size)
         except OSError:
             self._request.client_disconnected = True
             raise
+        if self._due is not None:
+            expected = self._due if size is None or size < 0 else min(size, self._due)
+            self._due -= len(data)
+            if len(data) < expected:
+                self._request.client_disconnected = True
+        return data
 
     def readline(self, *args: Any, **kwargs: Any) -> bytes:
         try:
-            return self._stream.readline(*args, **kwargs)
+            line = self._stream.readline(*args, **kwargs)
         except OSError:
             self._request.client_disconnected = True
             raise
+        if self._due is not None:
+            self._due -= len(line)
+        return line
 
 
 class ClientDisconnectMiddleware:
@@ -135,3 +154,4 @@ class ClientDisconnectMiddleware:
             request.client_disconnected = True
             return HttpResponseBadRequest()
         return None
+
