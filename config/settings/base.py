@@ -61,6 +61,8 @@ MIDDLEWARE = [
     # A client gone mid-body: one warning line, not a 500 traceback.
     "config.middleware.ClientDisconnectMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on HTML pages (config/middleware.py; no django-csp here).
+    "config.middleware.ContentSecurityPolicyMiddleware",
     # Serves collected static files itself, so gunicorn needs no proxy for /static/.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # PostgreSQL statement_timeout for web requests only (DATABASE_STATEMENT_TIMEOUT_MS).
