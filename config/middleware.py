@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, UnreadablePostError
 
 from config.correlation import HTTP_HEADER, correlation_scope, sanitize
@@ -47,28 +49,35 @@ class StatementTimeoutMiddleware:
     PostgreSQL only; 0 turns it off. It is a middleware, not a connection option in
     ``DATABASES``, so it applies to the processes that serve requests and never to
     workers, beat or management commands, whose long jobs (a reindex, a prune) are not
-    held to a web timeout. The ``SET`` runs once per connection and value: a persistent
-    connection (``CONN_MAX_AGE``) keeps it for the requests after.
+    held to a web timeout. Loading it connects a ``connection_created`` receiver, so
+    the ``SET`` runs when the process opens a connection (a request that needs no
+    database opens none); a connection already open is set on its next request.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
+        connection_created.connect(_on_connection_created, dispatch_uid=__name__ + ".timeout")
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if connection.vendor == "postgresql":
-            apply_statement_timeout(settings.DATABASE_STATEMENT_TIMEOUT_MS)
+        if connection.vendor == "postgresql" and connection.connection is not None:
+            apply_statement_timeout(connection)
         return self.get_response(request)
 
 
-def apply_statement_timeout(milliseconds: int) -> None:
-    """Set ``statement_timeout`` on the default connection unless it already has it."""
-    connection.ensure_connection()
-    applied = (id(connection.connection), milliseconds)
-    if getattr(connection, "_statement_timeout_applied", None) == applied:
+def _on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    if connection.vendor == "postgresql":
+        apply_statement_timeout(connection)
+
+
+def apply_statement_timeout(db: BaseDatabaseWrapper) -> None:
+    """Set ``statement_timeout`` on the open connection ``db`` unless it already has it."""
+    milliseconds = settings.DATABASE_STATEMENT_TIMEOUT_MS
+    applied = (id(db.connection), milliseconds)
+    if getattr(db, "_statement_timeout_applied", None) == applied:
         return
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, false)", [str(milliseconds)])
-    connection._statement_timeout_applied = applied
+    db._statement_timeout_applied = applied
 
 
 class _DisconnectAwareStream:
