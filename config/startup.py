@@ -57,11 +57,21 @@ def refuse_unsafe_configuration(sender: Any = None, **kwargs: Any) -> None:
 # ------------------------------------------------------------------------------
 # Flower
 # ------------------------------------------------------------------------------
+# Long enough that guessing it over HTTP is hopeless (bin/start generates 16 characters).
+FLOWER_MIN_PASSWORD_LENGTH = 12
+# What example files put where a password goes: .env.example has ``operator:change-me``.
+FLOWER_PLACEHOLDER_MARK = "change-me"
+
+
 def flower_auth_problem(*, basic_auth: Sequence[str]) -> str | None:
-    """Why Flower must not start with these credentials, or ``None`` when it may.
+    """Why Flower must not start with these credentials (one line), or ``None`` when it may.
 
     Credentials are required whatever ``DJANGO_DEBUG`` says: a debug run is still reachable
     by whoever can reach its port, and ``celery -A config flower`` binds every interface.
+    A placeholder copied from ``.env.example`` or a short password is no credential.
+    Flower reads ``FLOWER_BASIC_AUTH`` from the environment itself; it is deliberately not
+    a Django setting, since Celery's configuration dump (Flower's worker page) lists every
+    Django setting and does not mask this one.
     """
     valid = [entry for entry in basic_auth if _is_user_password(entry)]
     if len(valid) != len(basic_auth):
@@ -71,6 +81,18 @@ def flower_auth_problem(*, basic_auth: Sequence[str]) -> str | None:
             "FLOWER_BASIC_AUTH (user:password) is required: "
             "Flower shows every task and can revoke them and shut workers down"
         )
+    for entry in valid:
+        user, _, password = entry.partition(":")
+        if FLOWER_PLACEHOLDER_MARK in password.lower():
+            return (
+                f"FLOWER_BASIC_AUTH holds a placeholder password for user {user!r} "
+                f"(it contains {FLOWER_PLACEHOLDER_MARK!r}): set a real one"
+            )
+        if len(password) < FLOWER_MIN_PASSWORD_LENGTH:
+            return (
+                f"FLOWER_BASIC_AUTH password for user {user!r} is shorter than "
+                f"{FLOWER_MIN_PASSWORD_LENGTH} characters"
+            )
     return None
 
 

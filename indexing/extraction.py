@@ -16,17 +16,21 @@ import codecs
 import io
 import json
 import logging
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import charset_normalizer
 from celery.exceptions import SoftTimeLimitExceeded
 from django.core.files.storage import default_storage
 from lxml import etree
 from lxml import html as lxml_html
-from pypdf import PdfReader
+from pypdf import PdfReader, apply_configuration
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,28 @@ MAX_PDF_PAGES = 2_000
 # Every extractor's CPU budget, well below the consumer's soft time limit (100 s), so a
 # slow file ends with a note, not a retry.
 TIME_BUDGET_SECONDS = 30.0
+# PDFs are parsed in a child process (``extract_in_child``) held to these by the
+# kernel: RLIMIT_CPU a little over the cooperative budget (which normally stops first,
+# between pages, keeping the pages read so far), RLIMIT_AS of 512 MiB. The child starts
+# at about 60 MB; a crafted 500 KB PDF whose forms inflate to 500 MB took the worker to
+# 585 MB before (issue 21).
+CHILD_CPU_SECONDS = int(TIME_BUDGET_SECONDS) + 5
+CHILD_MEMORY_BYTES = 512 * 1024 * 1024
+# Wall-clock backstop for a child that sleeps instead of spinning.
+CHILD_WALL_SECONDS = TIME_BUDGET_SECONDS * 2
+# pypdf's own per-stream limits, lowered from its 75 MB defaults (300 MB of decoding
+# work) so one stream cannot take a third of the child's memory; a content stream
+# of real text is far below 16 MB. The declared (compressed) length may still be as
+# large as a whole PDF we read.
+PYPDF_LIMITS = {
+    "zlib_maximum_output_length": 16_000_000,
+    "lzw_maximum_output_length": 16_000_000,
+    "run_length_maximum_output_length": 16_000_000,
+    "brotli_maximum_output_length": 16_000_000,
+    "array_based_stream_maximum_output_length": 16_000_000,
+    "stream_decoding_work_maximum_length": 32_000_000,
+}
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # How often the budget is looked at while walking elements, JSON values or PDF pages.
 _BUDGET_CHECK_EVERY = 1000
 MAX_NOTE_CHARS = 255
@@ -165,11 +191,117 @@ def extract(*, data: bytes, kind: str, truncated: bool = False) -> Extraction:
         return Extraction.name_only(f"{kind.upper()} text extraction stopped: {exc}")
     except SoftTimeLimitExceeded:
         return Extraction.name_only("text extraction ran out of time")
+    except MemoryError:
+        # Only in extract_in_child's child, whose address space is capped.
+        return Extraction.name_only(_memory_limit_reason(kind))
     except Exception as exc:
         # A parser's own bug or limit on hostile input: the same bytes fail the same way
         # on every retry, so none is worth one.
         logger.info("%s could not be read: %s", kind, _describe(exc))
         return Extraction.name_only(f"{kind.upper()} could not be read ({_describe(exc)})")
+
+
+def _memory_limit_reason(kind: str) -> str:
+    return f"{kind.upper()} text extraction stopped: over the memory limit of {CHILD_MEMORY_BYTES // 2**20} MiB"
+
+
+def extract_in_child(
+    *,
+    data: bytes,
+    kind: str,
+    truncated: bool = False,
+    cpu_seconds: int = CHILD_CPU_SECONDS,
+    memory_bytes: int = CHILD_MEMORY_BYTES,
+) -> Extraction:
+    """``extract`` in a child process held to ``cpu_seconds`` of CPU and ``memory_bytes``.
+
+    The cooperative budget of ``extract`` is looked at only between pages; the kernel's
+    RLIMIT_CPU and RLIMIT_AS hold a single page, or a parser stuck in one stream, too.
+    The child is a fresh interpreter (``python -m indexing.extract_child``), not a fork:
+    a Celery pool process may not fork multiprocessing children, and a fresh process
+    starts small whatever the worker holds. Going over a limit gives a name-only
+    ``Extraction`` like any other extraction failure; never raises for the bytes.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "indexing.extract_child",
+        kind,
+        "1" if truncated else "0",
+        str(cpu_seconds),
+        str(memory_bytes),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=_PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = process.communicate(data, timeout=CHILD_WALL_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return Extraction.name_only(
+            f"{kind.upper()} text extraction stopped: over {CHILD_WALL_SECONDS:g} s"
+        )
+    finally:
+        # The task's soft time limit (or anything else) must not leave the child running.
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return Extraction.name_only(
+            f"{kind.upper()} text extraction stopped: over the CPU limit of {cpu_seconds} s"
+        )
+    if process.returncode == CHILD_EXIT_MEMORY:
+        return Extraction.name_only(_memory_limit_reason(kind))
+    if process.returncode != 0:
+        last_line = (stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        logger.warning(
+            "%s extraction child failed (exit %s): %s", kind, process.returncode, last_line
+        )
+        return Extraction.name_only(f"{kind.upper()} could not be read (exit {process.returncode})")
+    result = json.loads(stdout)
+    logger.info(
+        "%s extracted in a child: %.1f s CPU, peak %d MiB",
+        kind,
+        result["cpu_seconds"],
+        result["peak_rss_bytes"] // 2**20,
+    )
+    return Extraction(result["text"], result["note"])
+
+
+# The child's exit status when even reporting a MemoryError ran out of memory.
+CHILD_EXIT_MEMORY = 3
+
+
+def child_main(argv: list[str]) -> int:
+    """The child of ``extract_in_child``: limits, then bytes on stdin to JSON on stdout."""
+    import resource
+
+    kind, truncated, cpu_seconds, memory_bytes = argv
+    data = sys.stdin.buffer.read()
+    resource.setrlimit(resource.RLIMIT_CPU, (int(cpu_seconds), int(cpu_seconds) + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
+    try:
+        extraction = extract(data=data, kind=kind, truncated=truncated == "1")
+        del data
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        payload = json.dumps(
+            {
+                "text": extraction.text,
+                "note": extraction.note,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "peak_rss_bytes": usage.ru_maxrss * 1024,
+            }
+        )
+        sys.stdout.write(payload)
+        sys.stdout.flush()
+    except MemoryError:
+        os._exit(CHILD_EXIT_MEMORY)
+    return 0
 
 
 def _extract(data: bytes, *, kind: str, truncated: bool, deadline: Deadline) -> Extraction:
@@ -332,42 +464,52 @@ def _json_text(text: str, *, deadline: Deadline | None = None) -> tuple[str, str
 def _pdf_text(data: bytes, *, truncated: bool, deadline: Deadline) -> Extraction:
     if truncated:
         return Extraction.name_only(f"PDF is larger than {MAX_PDF_BYTES} bytes")
-    parts: list[str] = []
-    length = 0
-    notes: list[str] = []
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not _decrypts_with_empty_password(reader):
-            return Extraction.name_only("PDF is encrypted")
-        for number, page in enumerate(reader.pages, start=1):
-            if number > MAX_PDF_PAGES:
-                notes.append(f"only the first {MAX_PDF_PAGES} pages read")
-                break
-            if deadline.passed():
-                notes.append(f"stopped after {number - 1} pages (time budget)")
-                break
-            try:
-                page_text = page.extract_text() or ""
-            except SoftTimeLimitExceeded:
-                raise
-            except Exception as exc:
-                # One broken page (bad font, bad stream) should not lose the others.
-                notes.append(f"page {number} unreadable ({type(exc).__name__})")
-                continue
-            parts.append(page_text)
-            length += len(page_text)
-            if length >= MAX_TEXT_CHARS:
-                break
+        # pypdf's per-stream limits, lowered for this extraction only (a context var).
+        with apply_configuration(**PYPDF_LIMITS):
+            return _pdf_pages_text(data, deadline=deadline)
     except SoftTimeLimitExceeded:
         return Extraction.name_only("PDF text extraction ran out of time")
+    except MemoryError:
+        return Extraction.name_only(_memory_limit_reason("pdf"))
     except Exception as exc:
         # pypdf raises many exception types on malformed input; none is worth a retry,
         # because the same bytes fail the same way every time.
         logger.info("PDF could not be read: %s: %s", type(exc).__name__, exc)
         return Extraction.name_only(f"PDF could not be read ({_describe(exc)})")
+
+
+def _pdf_pages_text(data: bytes, *, deadline: Deadline) -> Extraction:
+    parts: list[str] = []
+    length = 0
+    notes: list[str] = []
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted and not _decrypts_with_empty_password(reader):
+        return Extraction.name_only("PDF is encrypted")
+    for number, page in enumerate(reader.pages, start=1):
+        if number > MAX_PDF_PAGES:
+            notes.append(f"only the first {MAX_PDF_PAGES} pages read")
+            break
+        if deadline.passed():
+            notes.append(f"stopped after {number - 1} pages (time budget)")
+            break
+        try:
+            page_text = page.extract_text() or ""
+        except (SoftTimeLimitExceeded, MemoryError):
+            raise
+        except Exception as exc:
+            # One broken page (bad font, bad stream) should not lose the others.
+            notes.append(f"page {number} unreadable ({type(exc).__name__})")
+            continue
+        parts.append(page_text)
+        length += len(page_text)
+        if length >= MAX_TEXT_CHARS:
+            break
     text = "\n".join(parts)
-    if not text.strip() and not notes:
-        return Extraction.name_only("PDF has no extractable text (scanned images?)")
+    if not text.strip():
+        # Nothing to index but the name: say why, like every other failure.
+        reason = "; ".join(notes) or "PDF has no extractable text (scanned images?)"
+        return Extraction.name_only(reason)
     return _bounded(text, note="; ".join(notes), truncated=False)
 
 

@@ -25,7 +25,7 @@ from django.contrib.postgres.search import (
 )
 from django.db import connection
 from django.db.models import Case, F, Func, TextField, Value, When
-from django.db.models.functions import Length
+from django.db.models.functions import Left, Length
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -36,10 +36,19 @@ from indexing.models import FTS_TABLE, IndexEntry
 POSTGRES_CONFIG = "english"
 MAX_QUERY_CHARS = 500
 MAX_QUERY_TERMS = 32
+# The FTS5 tokenizer of migration 0001, for the snippet table below.
+SQLITE_TOKENIZE = "porter unicode61 remove_diacritics 2"
+# Per-connection scratch FTS5 table holding the page of hits' text prefixes.
+SQLITE_SNIPPET_TABLE = "indexing_snippet_fts"
 # bm25() weights of the FTS5 columns (name, text): a match in the name counts more.
 SQLITE_COLUMN_WEIGHTS = (10.0, 1.0)
 SNIPPET_TOKENS = 24
 PLAIN_SNIPPET_CHARS = 160
+# Snippets are made from this many characters at the start of each text, on both
+# databases: snippet() (FTS5) and ts_headline (PostgreSQL) re-read the text they are
+# given, and over a whole 1 MB text a phrase search took seconds (issue 21). Matching
+# still covers the whole text; only the snippet shown is from this prefix.
+SNIPPET_SOURCE_CHARS = 100_000
 # Texts up to this long are shown whole, highlighted, on PostgreSQL.
 WHOLE_TEXT_SNIPPET_CHARS = 200
 
@@ -179,10 +188,10 @@ def _sqlite_search(*, query: str, owner_id: int | None, limit: int) -> list[Sear
     entries = IndexEntry._meta.db_table
     owner_clause = "AND e.owner_id = %s" if owner_id is not None else ""
     # Table names are constants and every value is a parameter. bm25() is smaller for
-    # better matches; the hit's rank is its negation.
+    # better matches; the hit's rank is its negation. No snippet() here: over a whole
+    # long text it is the costly part (see _sqlite_prefix_snippets).
     sql = f"""
-        SELECT e.upload_id, e.name, e.note, substr(e.text, 1, %s),
-               snippet({FTS_TABLE}, 1, %s, %s, '…', %s),
+        SELECT e.id, e.upload_id, e.name, e.note, substr(e.text, 1, %s),
                highlight({FTS_TABLE}, 0, %s, %s),
                bm25({FTS_TABLE}, %s, %s) AS score
         FROM {FTS_TABLE}
@@ -195,9 +204,6 @@ def _sqlite_search(*, query: str, owner_id: int | None, limit: int) -> list[Sear
         PLAIN_SNIPPET_CHARS,
         HIGHLIGHT_START,
         HIGHLIGHT_END,
-        SNIPPET_TOKENS,
-        HIGHLIGHT_START,
-        HIGHLIGHT_END,
         *SQLITE_COLUMN_WEIGHTS,
         match,
     ]
@@ -207,16 +213,52 @@ def _sqlite_search(*, query: str, owner_id: int | None, limit: int) -> list[Sear
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
+    snippets = _sqlite_prefix_snippets(match=match, entry_ids=[row[0] for row in rows])
     return [
         SearchHit(
             upload_id=upload_id,
             name=name,
-            marked_snippet=_choose_snippet(text_snippet, name_highlight, text),
+            marked_snippet=_choose_snippet(snippets.get(entry_id, ""), name_highlight, text),
             rank=-score,
             note=note,
         )
-        for upload_id, name, note, text, text_snippet, name_highlight, score in rows
+        for entry_id, upload_id, name, note, text, name_highlight, score in rows
     ]
+
+
+def _sqlite_prefix_snippets(*, match: str, entry_ids: list[int]) -> dict[int, str]:
+    """Entry id → FTS5 ``snippet()`` over the first ``SNIPPET_SOURCE_CHARS`` of its text.
+
+    FTS5's snippet() re-tokenizes the whole column and scores every match against every
+    other, so over 1 MB texts full of matches a phrase search took seconds. The page of
+    hits' prefixes go into a TEMP FTS5 table (this connection's own, never written to the
+    database file) with the same tokenizer, and the same MATCH gives the same snippets,
+    bounded. An entry whose matches all lie beyond its prefix gets none here.
+    """
+    if not entry_ids:
+        return {}
+    entries = IndexEntry._meta.db_table
+    placeholders = ", ".join(["%s"] * len(entry_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{SQLITE_SNIPPET_TABLE} "
+            f"USING fts5(text, tokenize='{SQLITE_TOKENIZE}')"
+        )
+        cursor.execute(f"DELETE FROM temp.{SQLITE_SNIPPET_TABLE}")
+        try:
+            cursor.execute(
+                f"INSERT INTO temp.{SQLITE_SNIPPET_TABLE}(rowid, text) "
+                f"SELECT id, substr(text, 1, %s) FROM {entries} WHERE id IN ({placeholders})",
+                [SNIPPET_SOURCE_CHARS, *entry_ids],
+            )
+            cursor.execute(
+                f"SELECT rowid, snippet({SQLITE_SNIPPET_TABLE}, 0, %s, %s, '…', %s) "
+                f"FROM temp.{SQLITE_SNIPPET_TABLE} WHERE {SQLITE_SNIPPET_TABLE} MATCH %s",
+                [HIGHLIGHT_START, HIGHLIGHT_END, SNIPPET_TOKENS, match],
+            )
+            return dict(cursor.fetchall())
+        finally:
+            cursor.execute(f"DELETE FROM temp.{SQLITE_SNIPPET_TABLE}")
 
 
 # ------------------------------------------------------------------------------
@@ -256,7 +298,10 @@ def _postgres_search(*, query: str, owner_id: int | None, limit: int) -> list[Se
                     text_length__lte=WHOLE_TEXT_SNIPPET_CHARS,
                     then=SearchHeadline("text", search_query, highlight_all=True, **marks),
                 ),
-                default=SearchHeadline("text", search_query, **fragments),
+                # ts_headline re-parses all it is given: a prefix, not the whole text.
+                default=SearchHeadline(
+                    Left("text", SNIPPET_SOURCE_CHARS), search_query, **fragments
+                ),
             ),
             # Words of the name split at punctuation (see searchable_name), for hits
             # that matched by name only.

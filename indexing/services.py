@@ -21,6 +21,7 @@ from indexing.extraction import (
     Extraction,
     clean_name,
     extract,
+    extract_in_child,
     kind_of,
     read_limit,
     read_stored_file,
@@ -76,6 +77,12 @@ def extract_upload_text(
         return Extraction.name_only("stored file not found")
     except SuspiciousFileOperation as exc:
         raise PermanentError(f"storage name {storage_name!r} rejected: {exc}") from exc
+    if kind == "pdf":
+        # pypdf on hostile input can take the worker's memory and hold a CPU for as long
+        # as one page takes: a child process under kernel limits does it instead.
+        return extract_in_child(data=data, kind=kind, truncated=truncated)
+    # Text, HTML (libxml2) and JSON are linear in at most MAX_TEXT_BYTES of input, with
+    # the cooperative budget checked as they go; they stay in the worker.
     return extract(data=data, kind=kind, truncated=truncated)
 
 

@@ -198,6 +198,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
     readonly_fields = ("key_prefix", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke_tokens",)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        # A token acts as its user: staff who are not superusers see, edit and revoke
+        # only their own, whatever model permissions they hold.
+        tokens = super().get_queryset(request)
+        if request.user.is_superuser:
+            return tokens
+        return tokens.filter(user=request.user)
+
     def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
         if obj is None:
             return ("user", "name")
@@ -246,7 +254,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         response["Referrer-Policy"] = "no-referrer"
         return response
 
-    @admin.action(description="Revoke selected API tokens")
+    # Revoking changes the token, so it takes the change permission, never view alone.
+    @admin.action(description="Revoke selected API tokens", permissions=["change"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         tokens = list(queryset.filter(revoked_at__isnull=True))
         for token in tokens:

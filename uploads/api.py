@@ -134,7 +134,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
             except ApiError as exc:
                 return json_error(exc.status, exc.code, exc.message, exc.headers)
             except UploadRejected as exc:
-                return json_error(exc.http_status, exc.code, exc.message)
+                return json_error(exc.http_status, exc.code, exc.message, exc.http_headers)
             except (Http404, UploadGone):
                 return json_error(404, "not_found", "no such upload")
             except PermissionDenied:

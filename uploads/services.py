@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import math
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Count, Min, Sum
+from django.utils import timezone
 
 from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
-from uploads.exceptions import UploadGone, UploadRejected
+from uploads.exceptions import UploadGone, UploadLimitExceeded, UploadRejected
 from uploads.files import SNIFF_BYTES, clean_filename, sniff_content_type
 from uploads.models import Upload
 
@@ -49,6 +54,46 @@ def check_upload_size(size: int | None) -> None:
         )
 
 
+RATE_WINDOW = dt.timedelta(minutes=1)
+
+
+def check_upload_limits(owner: AbstractBaseUser, size: int) -> None:
+    """Raise ``UploadLimitExceeded`` if ``owner`` is over their rate or quota with ``size``.
+
+    Counted from the owner's uploads in the database, so every web host shares the
+    counts. ``UPLOAD_RATE_PER_MINUTE``: uploads in the last minute (``rate_limited``,
+    with the seconds until the oldest of them leaves the window). ``UPLOAD_QUOTA_BYTES``:
+    bytes stored, this file included (``quota_exceeded``). 0 turns a limit off. Staff
+    are held to both unless ``UPLOAD_LIMITS_EXEMPT_STAFF``.
+    """
+    if settings.UPLOAD_LIMITS_EXEMPT_STAFF and getattr(owner, "is_staff", False):
+        return
+    uploads = Upload.objects.filter(owner_id=owner.pk)
+    rate = settings.UPLOAD_RATE_PER_MINUTE
+    if rate > 0:
+        window_start = timezone.now() - RATE_WINDOW
+        recent = uploads.filter(created_at__gt=window_start).aggregate(
+            count=Count("pk"), oldest=Min("created_at")
+        )
+        if recent["count"] >= rate:
+            frees_at = recent["oldest"] + RATE_WINDOW
+            retry_after = max(1, math.ceil((frees_at - timezone.now()).total_seconds()))
+            raise UploadLimitExceeded(
+                "rate_limited",
+                f"at most {rate} uploads per minute; try again in {retry_after} s",
+                retry_after=retry_after,
+            )
+    quota = settings.UPLOAD_QUOTA_BYTES
+    if quota > 0:
+        stored = uploads.aggregate(total=Sum("size"))["total"] or 0
+        if stored + size > quota:
+            raise UploadLimitExceeded(
+                "quota_exceeded",
+                f"this file ({size} bytes) would take your uploads to {stored + size} bytes, "
+                f"over your quota of {quota} bytes; delete some files first",
+            )
+
+
 def create_upload(
     *,
     owner: AbstractBaseUser,
@@ -60,7 +105,9 @@ def create_upload(
 
     Refuses (``UploadRejected``) a missing, empty or too large file, and one whose type,
     sniffed from its first bytes (``sniff_content_type``), ``UPLOAD_ALLOWED_TYPES``
-    does not allow. ``name`` (else the file's own name) goes through ``clean_filename``.
+    does not allow; ``UploadLimitExceeded`` when the owner is over a per-user limit
+    (``check_upload_limits``, checked under a lock on the owner's row, so two requests
+    of one user, on any hosts, cannot both take the last place). ``name`` (else the file's own name) goes through ``clean_filename``.
 
     The row, the event and its deliveries commit in one transaction; the stored file
     is removed again if that transaction fails. That transaction is durable (the
@@ -89,6 +136,10 @@ def create_upload(
     )
     try:
         with transaction.atomic(durable=True):
+            # Serialize one owner's uploads (PostgreSQL row lock; SQLite's IMMEDIATE
+            # transactions already serialize writers) so the limits see every upload.
+            list(get_user_model().objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+            check_upload_limits(owner, upload.size)
             upload.file.save(original_name, file, save=False)
             upload.save()
             record_event(

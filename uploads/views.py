@@ -72,7 +72,7 @@ def new(request: HttpRequest) -> HttpResponse:
     except UploadRejected as exc:
         status = exc.http_status
         if _wants_json(request):
-            return json_error(status, exc.code, exc.message)
+            return json_error(status, exc.code, exc.message, exc.http_headers)
         messages.error(request, f"Nothing was uploaded: {exc.message}.")
         return render(request, "uploads/new.html", context, status=status)
 
@@ -84,7 +84,7 @@ def new(request: HttpRequest) -> HttpResponse:
                 owner=request.user, file=files[0], correlation_id=request.correlation_id
             )
         except UploadRejected as exc:
-            return json_error(exc.http_status, exc.code, exc.message)
+            return json_error(exc.http_status, exc.code, exc.message, exc.http_headers)
         url = reverse("uploads:detail", args=[upload.pk])
         return JsonResponse({"id": upload.pk, "url": url}, status=201)
 
@@ -101,8 +101,11 @@ def new(request: HttpRequest) -> HttpResponse:
     for upload in created:
         messages.success(request, f"Uploaded “{upload.original_name}”.")
     if not created:
-        status = refusals[0].http_status
-        return render(request, "uploads/new.html", context, status=status)
+        refusal = refusals[0]
+        response = render(request, "uploads/new.html", context, status=refusal.http_status)
+        for header, value in refusal.http_headers.items():
+            response[header] = value
+        return response
     if len(created) == 1 and not refusals:
         return redirect("uploads:detail", upload_id=created[0].pk)
     return redirect("uploads:index")

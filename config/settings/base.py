@@ -58,9 +58,15 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every later log line and every event of the request carries its id.
     "config.middleware.CorrelationIdMiddleware",
+    # A client gone mid-body: one warning line, not a 500 traceback.
+    "config.middleware.ClientDisconnectMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on HTML pages (config/middleware.py; no django-csp here).
+    "config.middleware.ContentSecurityPolicyMiddleware",
     # Serves collected static files itself, so gunicorn needs no proxy for /static/.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # PostgreSQL statement_timeout for web requests only (DATABASE_STATEMENT_TIMEOUT_MS).
+    "config.middleware.StatementTimeoutMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -126,8 +132,15 @@ AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-# The client address is REMOTE_ADDR. Behind a proxy every client shares the proxy's
-# address; set AXES_IPWARE_PROXY_COUNT (and install django-axes[ipware]) there.
+# ------------------------------------------------------------------------------
+# Sign-in lock-out behind proxies (issue 21). The client address is REMOTE_ADDR unless
+# AXES_IPWARE_PROXY_COUNT says how many proxies in front of Django each append to
+# X-Forwarded-For; then it is that many entries from the right (config/client_ip.py,
+# which axes consults first, so installing django-ipware changes nothing). Unset here:
+# any X-Forwarded-For is the client's own words.
+# ------------------------------------------------------------------------------
+AXES_IPWARE_PROXY_COUNT = env.int("AXES_IPWARE_PROXY_COUNT", default=None)
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip_address"
 
 # ------------------------------------------------------------------------------
 # HTTPS and browser protections. Safe defaults follow DEBUG: on when it is off, so
@@ -182,6 +195,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # delivery's own queries.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+# ------------------------------------------------------------------------------
+# Bounded web work (issue 21). On PostgreSQL each statement of a web request is
+# cancelled after this many milliseconds (config.middleware.StatementTimeoutMiddleware;
+# workers and commands are not held to it). Half of gunicorn's 60 s --timeout, so a
+# runaway query ends with an answer instead of a killed gunicorn worker. 0: no limit.
+# ------------------------------------------------------------------------------
+DATABASE_STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=30_000)
 # Celery 5.7's Django fixup closes every connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (celery#4116, #9824); it then closes them only every that
 # many tasks. config/celery_signals.py applies CONN_MAX_AGE and the health check around each task
@@ -211,6 +232,17 @@ FILE_UPLOAD_HANDLERS = [
 UPLOAD_ALLOWED_TYPES = env.list("UPLOAD_ALLOWED_TYPES", default=[])
 
 # ------------------------------------------------------------------------------
+# Per-user upload limits (issue 21; uploads.services.check_upload_limits), counted on
+# the database so every web host shares them. Each upload costs every consumer's work.
+# Defaults a person never meets: 60 uploads a minute (one a second, sustained) answers
+# 429 with Retry-After beyond it; 10 GiB stored answers 413 quota_exceeded. 0 turns a
+# limit off. Staff are held to them too unless UPLOAD_LIMITS_EXEMPT_STAFF=true.
+# ------------------------------------------------------------------------------
+UPLOAD_RATE_PER_MINUTE = env.int("UPLOAD_RATE_PER_MINUTE", default=60)
+UPLOAD_QUOTA_BYTES = env.int("UPLOAD_QUOTA_BYTES", default=10 * 1024**3)
+UPLOAD_LIMITS_EXEMPT_STAFF = env.bool("UPLOAD_LIMITS_EXEMPT_STAFF", default=False)
+
+# ------------------------------------------------------------------------------
 # Email: default writes each message to a file under var/mail/ so it can be opened.
 # django-environ reads filemail:///abs as a relative path: four slashes for absolute.
 # ------------------------------------------------------------------------------
@@ -236,7 +268,9 @@ METRICS_TOKEN = env("METRICS_TOKEN", default="")
 # ------------------------------------------------------------------------------
 # Flower
 # ------------------------------------------------------------------------------
-FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
+# FLOWER_BASIC_AUTH is read by Flower from the environment, and checked at its start by
+# config/startup.py. It is not a Django setting on purpose: Celery's configuration dump
+# (Flower's /api/workers) lists every Django setting and would show it.
 
 # ------------------------------------------------------------------------------
 # Logging
