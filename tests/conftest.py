@@ -45,7 +45,7 @@ from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer
 # ``running_relay`` and any fixture built on them count as ``_session_worker``.
 TIER_FIXTURES: dict[str, frozenset[str]] = {
     "worker": frozenset({"_session_worker", "make_worker"}),
-    "subprocess": frozenset({"subprocesses", "run_manage", "make_worker"}),
+    "subprocess": frozenset({"subprocesses", "run_manage", "make_worker", "pdf_extraction"}),
     "browser": frozenset({"system_chromium"}),
 }
 TIERS = ("worker", "subprocess", "browser", "bench")
@@ -359,6 +359,12 @@ def subprocesses() -> Iterator[ChildProcesses]:
     children = ChildProcesses()
     yield children
     children.stop_all()
+
+
+@pytest.fixture
+def pdf_extraction() -> None:
+    """For tests that extract a PDF: each extraction runs in a child process with CPU and
+    memory limits (``indexing.extraction``), so such a test is in the subprocess tier."""
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ from axes.helpers import get_client_ip_address
 from axes.models import AccessAttempt
 from django.test import Client, RequestFactory
 
-from tests.processes import ROOT
+from tests.processes import ChildProcesses
 
 PROXY, CLIENT, SPOOFED = "127.0.0.2", "127.0.0.9", "127.0.0.66"
 
@@ -28,7 +27,7 @@ def request_from(remote_addr: str, forwarded_for: str | None = None):
     return RequestFactory().post("/accounts/login/", **headers)
 
 
-def setting_in_child(**environment: str) -> str:
+def setting_in_child(subprocesses: ChildProcesses, **environment: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "AXES_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings.base",
@@ -41,16 +40,14 @@ def setting_in_child(**environment: str) -> str:
         "from django.conf import settings\n"
         "print(repr(settings.AXES_IPWARE_PROXY_COUNT))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    result = subprocesses.run([sys.executable, "-c", script], env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
 
 
-def test_proxy_count_is_read_from_the_environment_and_unset_by_default():
-    assert setting_in_child() == "None"
-    assert setting_in_child(AXES_IPWARE_PROXY_COUNT="2") == "2"
+def test_proxy_count_is_read_from_the_environment_and_unset_by_default(subprocesses):
+    assert setting_in_child(subprocesses) == "None"
+    assert setting_in_child(subprocesses, AXES_IPWARE_PROXY_COUNT="2") == "2"
 
 
 def test_without_a_proxy_count_forwarded_for_is_ignored(settings):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 
 import pytest
@@ -62,16 +61,12 @@ def test_a_long_real_password_is_no_problem():
     assert flower_auth_problem(basic_auth=[f"operator:{password}"]) is None
 
 
-def test_env_example_placeholder_is_refused(redis_server):
+def test_env_example_placeholder_is_refused(redis_server, subprocesses):
     placeholder = env_example_value("FLOWER_BASIC_AUTH")
 
-    result = subprocess.run(
+    result = subprocesses.run(
         [sys.executable, "-m", "celery", "-A", "config", "flower", f"--port={free_port()}"],
-        cwd=ROOT,
         env=child_env(CELERY_BROKER_URL=redis_server.url, FLOWER_BASIC_AUTH=placeholder),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     assert result.returncode != 0
@@ -80,7 +75,7 @@ def test_env_example_placeholder_is_refused(redis_server):
     assert "FLOWER_BASIC_AUTH" in refusal[0]
 
 
-def test_the_worker_config_that_flower_shows_does_not_hold_the_flower_password():
+def test_the_worker_config_that_flower_shows_does_not_hold_the_flower_password(subprocesses):
     # Flower's /api/workers shows what the worker's remote-control "conf" command answers;
     # that is Celery's table of the Django settings.
     password = secrets.token_urlsafe(16)
@@ -92,16 +87,12 @@ def test_the_worker_config_that_flower_shows_does_not_hold_the_flower_password()
         "state = State(); state.app = app\n"
         "print(json.dumps(conf(state), default=str))\n"
     )
-    result = subprocess.run(
+    result = subprocesses.run(
         [sys.executable, "-c", script],
-        cwd=ROOT,
         env=child_env(
             CELERY_BROKER_URL="redis://127.0.0.1:1/0",
             FLOWER_BASIC_AUTH=f"operator:{password}",
         ),
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr

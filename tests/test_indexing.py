@@ -102,7 +102,7 @@ def test_html_text_is_kept_and_tags_scripts_and_styles_are_dropped():
         assert dropped not in text
 
 
-def test_pdf_text_is_extracted_from_every_page():
+def test_pdf_text_is_extracted_from_every_page(pdf_extraction):
     extracted = extract_stored("report.pdf")
 
     assert "Quarterly report of the pelican observatory" in extracted.text
@@ -110,14 +110,14 @@ def test_pdf_text_is_extracted_from_every_page():
     assert extracted.note == ""
 
 
-def test_encrypted_pdf_is_indexed_by_name_with_the_reason():
+def test_encrypted_pdf_is_indexed_by_name_with_the_reason(pdf_extraction):
     extracted = extract_stored("encrypted.pdf")
 
     assert extracted.text == ""
     assert extracted.note == "PDF is encrypted; indexed by name"
 
 
-def test_malformed_pdf_is_indexed_by_name_with_the_reason():
+def test_malformed_pdf_is_indexed_by_name_with_the_reason(pdf_extraction):
     extracted = extract_stored("malformed.pdf")
 
     assert extracted.text == ""
@@ -319,7 +319,7 @@ def test_duplicate_message_for_a_done_delivery_is_skipped(user):
         ("malformed.pdf", "PDF could not be read ("),
     ],
 )
-def test_unreadable_pdf_is_done_at_once_and_findable_by_name(user, fixture, note):
+def test_unreadable_pdf_is_done_at_once_and_findable_by_name(user, fixture, note, pdf_extraction):
     with (FIXTURES / fixture).open("rb") as handle:
         upload = create_upload(owner=user, file=File(handle, name=f"ledger-{fixture}"))
 

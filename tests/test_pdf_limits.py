@@ -25,6 +25,9 @@ from tests.pdf_bomb import whitespace_form_pdf
 from tests.processes import wait_for
 from uploads.services import create_upload
 
+# Every PDF extraction runs in a limited child process.
+pytestmark = pytest.mark.usefixtures("pdf_extraction")
+
 MIB = 2**20
 
 

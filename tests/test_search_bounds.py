@@ -7,7 +7,6 @@ Runs on whichever database the suite uses (SQLite FTS5 or PostgreSQL).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +17,6 @@ from indexing import search as search_module
 from indexing import services
 from indexing.extraction import HIGHLIGHT_START, Extraction
 from indexing.search import SNIPPET_SOURCE_CHARS
-from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -122,14 +120,11 @@ def test_web_requests_run_under_the_statement_timeout(user, settings):
         assert cursor.fetchone()[0] in ("12345ms", "12345")
 
 
-def test_the_phrase_benchmark_runs_at_a_tiny_size():
+def test_the_phrase_benchmark_runs_at_a_tiny_size(subprocesses):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))}
-    result = subprocess.run(
+    result = subprocesses.run(
         [sys.executable, "bench/search_phrase.py", "--documents", "2", "--megabytes", "0.05"],
-        cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
 
