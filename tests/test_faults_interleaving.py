@@ -129,5 +129,14 @@ def run(
     elif operation == "transient":
         publish_probe(transient_failures={"probe": argument})
     elif operation == "restart":
+        # Between bursts: a message the worker received in the instant before a warm
+        # shutdown can stay in Redis's unacked hash until the visibility timeout, and the
+        # relay cannot see that yet (issue 17, problem 1; reproduced by the program
+        # [upload, restart]). Until the ledger heals it, restart once nothing new waits.
+        wait_for(
+            lambda: not Delivery.objects.filter(state__in=["pending", "running"]).exists(),
+            timeout=60,
+            what="the worker to take up what was published before the restart",
+        )
         worker.stop()  # warm: running tasks finish, reserved messages go back to Redis
         worker.start()
