@@ -53,15 +53,21 @@ class FakeTerminal(io.StringIO):
         return True
 
 
-def run_manage(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``manage.py`` in a child process against the current test database."""
+def run_manage(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` in a child process against the current test database.
+
+    ``env``, when given, is the child's whole environment instead of the test settings'.
+    """
     from django.conf import settings
 
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
-    }
+    if env is None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+        }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,

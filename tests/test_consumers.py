@@ -180,14 +180,7 @@ def scratch_env(**extra: str) -> dict[str, str]:
 def manage(
     env: dict[str, str], *args: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_manage(*args, timeout=timeout, env=env)
 
 
 def test_the_scratch_consumer_exists_only_where_its_settings_install_it():
