@@ -81,3 +81,10 @@ def _select_by_pk(model: type[Model], alias: str) -> tuple[str, list[str], list[
             )
         )
     return sql, [field.attname for field in fields], converters
+
+
+def seconds_ago_sql() -> str:
+    """The database's clock minus a ``%s`` parameter of seconds, in SQL."""
+    if connection.vendor == "postgresql":
+        return "(STATEMENT_TIMESTAMP() - make_interval(secs => %s))"
+    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '-' || %s || ' seconds')"

@@ -3,7 +3,7 @@
 The life of a delivery (``Delivery.State``)::
 
     pending ──claim──▶ running ──finish──▶ done
-       ▲                  │ ╲──fail──▶ retrying ──claim──▶ running …
+       ▲                  │ ╲──fail──▶ retrying ──(relay, when due)──claim──▶ running …
        │                  │  ╲─permanent, or out of attempts──▶ dead
        └─busy (uncounted)─┘
 
@@ -18,6 +18,16 @@ over cannot mark it done (its writes roll back with the failed fence).
 A claim that finds the delivery ``done`` or ``dead`` skips it (dedupe); one that finds
 a live lease skips it too (a duplicate message: the attempt holding the lease finishes
 it, or its lease expires and the relay sends it again).
+
+**No delay lives in the broker.** A failed attempt, a busy release and a wait for an
+upgrade all commit ``retrying`` (or ``pending``) with ``retry_at`` and no message out
+(``enqueued_at`` empty); the relay publishes it, without a countdown, once it is due. A
+worker therefore never holds a message it is not running, and a killed worker strands
+nothing but the attempts it was running, whose leases expire.
+
+The attempt budget (``Consumer.max_attempts``) counts from the last redrive
+(``attempts_at_redrive``): a redriven dead delivery gets every attempt again, while
+``attempts`` keeps counting so that the fence and the attempt history stay unique.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -55,15 +65,12 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What ``run_delivery`` did: ``done``, ``skipped``, ``retry`` (after ``countdown`` s) or ``dead``.
-
-    ``delivery`` is the row (with its event) when a retry must be published.
-    """
+    """What ``run_delivery`` did: ``done``, ``skipped``, ``retry`` (due in ``countdown`` s,
+    committed for the relay to publish) or ``dead``."""
 
     outcome: str
     reason: str = ""
     countdown: float | None = None
-    delivery: Delivery | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,23 @@ class Claim:
     consumer: Consumer
     attempt: int
     started_at: dt.datetime
+    attempts_at_redrive: int = 0
+
+    @property
+    def budget_used(self) -> int:
+        """Attempts counted against ``max_attempts``: those since the last redrive."""
+        return self.attempt - self.attempts_at_redrive
+
+    def gave_up(self, reason: str) -> str:
+        """The error of a delivery whose attempt budget ran out, with ``reason``."""
+        return f"{exhausted(self.attempt, self.attempts_at_redrive)}: {reason}"
+
+
+def exhausted(attempts: int, attempts_at_redrive: int) -> str:
+    """ "gave up after N attempts", saying when they count from a redrive."""
+    if not attempts_at_redrive:
+        return f"gave up after {attempts} attempts"
+    return f"gave up after {attempts - attempts_at_redrive} attempts since the redrive ({attempts} in all)"
 
 
 def run_delivery(
@@ -86,9 +110,8 @@ def run_delivery(
     """Run one consumer's handler for one event: claim, prepare, apply and finish.
 
     ``consumer_name`` comes from the message (it saves a read before the claim).
-    Transient errors
-    come back as ``retry`` with a backoff countdown for the caller to publish; permanent
-    errors and exhausted attempts as ``dead``.
+    Transient errors come back as ``retry``, committed with its due time for the relay to
+    publish; permanent errors and exhausted attempts as ``dead``.
     """
     consumer = _consumer_of(delivery_id, consumer_name)
     if consumer is None:
@@ -119,8 +142,9 @@ CLAIM_SQL = """
            retry_at = NULL, task_id = %s, updated_at = {now}
      WHERE id = %s
        AND (state IN ('pending', 'retrying')
-            OR (state = 'running' AND lease_expires_at < {now} AND attempts < %s))
- RETURNING attempts, event_id"""
+            OR (state = 'running' AND lease_expires_at < {now}
+                AND attempts - attempts_at_redrive < %s))
+ RETURNING attempts, attempts_at_redrive, event_id"""
 FINISH_SQL = """
     UPDATE events_delivery
        SET state = 'done', completed_at = {now}, lease_expires_at = NULL, retry_at = NULL,
@@ -144,7 +168,7 @@ def claim_delivery(
         row = cursor.fetchone()
     if row is None:
         return _not_claimed(delivery_id, consumer)
-    attempts, event_id = row
+    attempts, attempts_at_redrive, event_id = row
     event = fetch_instance(Event, event_id)
     delivery = Delivery(
         pk=delivery_id,
@@ -153,7 +177,7 @@ def claim_delivery(
         state=Delivery.State.RUNNING,
         attempts=attempts,
     )
-    return Claim(delivery, consumer, attempts, started_at)
+    return Claim(delivery, consumer, attempts, started_at, attempts_at_redrive)
 
 
 def lease_seconds(consumer: Consumer) -> float:
@@ -166,14 +190,16 @@ def _expired_and_exhausted(consumer: Consumer) -> Q:
     return Q(
         state=Delivery.State.RUNNING,
         lease_expires_at__lt=Now(),
-        attempts__gte=consumer.max_attempts,
+        attempts__gte=F("attempts_at_redrive") + consumer.max_attempts,
     )
 
 
 def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     """Why a claim took nothing: gone, finished, leased elsewhere, or out of attempts."""
     row = (
-        Delivery.objects.filter(pk=delivery_id).values("state", "attempts", "lease_expires_at")
+        Delivery.objects.filter(pk=delivery_id).values(
+            "state", "attempts", "attempts_at_redrive", "lease_expires_at"
+        )
     ).first()
     if row is None:
         # The event was removed (retention) after this message was sent.
@@ -181,7 +207,7 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     if row["state"] in (Delivery.State.DONE, Delivery.State.DEAD):
         # Another message for the same delivery got here first: dedupe.
         return DeliveryOutcome("skipped", f"already {row['state']}")
-    reason = f"gave up after {row['attempts']} attempts: {DID_NOT_FINISH}"
+    reason = f"{exhausted(row['attempts'], row['attempts_at_redrive'])}: {DID_NOT_FINISH}"
     gave_up = Delivery.objects.filter(
         _expired_and_exhausted(consumer), pk=delivery_id, attempts=row["attempts"]
     ).update(
@@ -226,14 +252,14 @@ def fail_delivery(
 ) -> DeliveryOutcome:
     """Record a failed attempt: dead when ``permanent`` or out of attempts, else retrying."""
     reason = describe(error)
-    if permanent or claim.attempt >= claim.consumer.max_attempts:
-        error_text = reason if permanent else f"gave up after {claim.attempt} attempts: {reason}"
+    if permanent or claim.budget_used >= claim.consumer.max_attempts:
+        error_text = reason if permanent else claim.gave_up(reason)
         outcome = DeliveryOutcome("dead", error_text)
         changes: dict[str, Any] = {"state": Delivery.State.DEAD, "retry_at": None}
     else:
-        countdown = retry_countdown(claim.attempt)
+        countdown = retry_countdown(claim.budget_used)
         error_text = reason
-        outcome = DeliveryOutcome("retry", reason, countdown, claim.delivery)
+        outcome = DeliveryOutcome("retry", reason, countdown)
         changes = _waiting(Delivery.State.RETRYING, countdown)
     try:
         with transaction.atomic():
@@ -255,7 +281,7 @@ def fail_delivery(
 
 
 def release_delivery(claim: Claim, busy: DeliveryBusy) -> DeliveryOutcome:
-    """Give the claim back without counting the attempt, and look again after a while.
+    """Give the claim back without counting the attempt; the relay sends it again when due.
 
     ``DeliveryBusy``: another attempt holds the work (notifications' mail claim); the
     ledger goes back to how it was. ``NewerEventVersion``: the event waits for the
@@ -275,18 +301,16 @@ def release_delivery(claim: Claim, busy: DeliveryBusy) -> DeliveryOutcome:
         _update_fenced(claim, attempts=F("attempts") - 1, lease_expires_at=None, **changes)
     except LeaseLost as exc:
         return DeliveryOutcome("skipped", str(exc))
-    claim.delivery.attempts = claim.attempt - 1
     logger.info("delivery %s released without counting: %s", claim.delivery.pk, reason)
-    return DeliveryOutcome("retry", reason, busy.retry_after, claim.delivery)
+    return DeliveryOutcome("retry", reason, busy.retry_after)
 
 
 def _waiting(state: Any, countdown: float) -> dict[str, Any]:
-    """A delivery waiting for its retry message, which is not confirmed sent yet."""
+    """Waiting, with no message out, until ``countdown`` s from now: the relay sends it then."""
     return {
         "state": state,
         "retry_at": Now() + dt.timedelta(seconds=countdown),
-        "enqueued_at": Now(),
-        "broker_epoch": "",
+        "enqueued_at": None,
     }
 
 

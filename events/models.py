@@ -66,18 +66,18 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(
         default=0, help_text="Attempts started (counted when claimed); fences a late finisher."
     )
+    attempts_at_redrive = models.PositiveIntegerField(
+        default=0,
+        help_text="Attempts made before its last redrive: its attempt budget counts from here.",
+    )
     last_error = models.TextField(blank=True, default="")
     task_id = models.CharField(
         max_length=64, blank=True, default="", help_text="Last Celery task id."
     )
     enqueued_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a message for it was last sent (database clock)."
-    )
-    broker_epoch = models.CharField(
-        max_length=32,
+        null=True,
         blank=True,
-        default="",
-        help_text="The broker epoch its last message was confirmed under; empty: none.",
+        help_text="When a message for it was last sent (database clock); empty: none is out.",
     )
     lease_expires_at = models.DateTimeField(
         null=True,
@@ -104,6 +104,23 @@ class Delivery(models.Model):
                 condition=Q(state__in=["pending", "running", "retrying"]),
             ),
             models.Index(fields=["consumer", "state"], name="delivery_consumer_state_idx"),
+            # What the relay reads every pass (events.relay), each through its own partial
+            # index, so a pass costs the open rows it looks at, never the whole table.
+            models.Index(
+                fields=["retry_at"],
+                name="delivery_unsent_idx",
+                condition=Q(state__in=["pending", "retrying"], enqueued_at__isnull=True),
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="delivery_lease_idx",
+                condition=Q(state="running"),
+            ),
+            models.Index(
+                fields=["consumer", "enqueued_at"],
+                name="delivery_sent_idx",
+                condition=Q(state__in=["pending", "retrying"], enqueued_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -132,3 +149,23 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"try {self.number} of {self.delivery_id}: {self.outcome}"
+
+
+class ConsumerState(models.Model):
+    """What the database knows about one consumer, shared by every host.
+
+    ``declared_at``: when a process running code that registers this consumer last said
+    so (its relay passes, its workers starting). A relay that does not know a consumer
+    dead-letters its deliveries only when no process has declared it for
+    ``EVENTS_RETIRED_CONSUMER_GRACE_SECONDS``: during a rolling deploy, older code must
+    not dead-letter a consumer that newer code added.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    declared_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "consumer"
+
+    def __str__(self) -> str:
+        return self.name

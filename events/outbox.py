@@ -3,14 +3,9 @@
 Publishing is split in two on purpose (Celery docs; Zulip ``queue_event_on_commit``):
 ``record_event`` only writes rows and schedules the publish for after commit, so a
 rolled-back transaction publishes nothing; ``publish_deliveries_now`` talks to the
-broker immediately and says so in its name.
-
-A published delivery carries the **broker epoch** its message was confirmed under: a
-random value kept in one Redis key, created when missing. Redis that restarts without
-its data (no persistence, a failover to an empty replica) loses the key together with
-the messages, so a delivery whose epoch differs from the current one has lost its
-message, while one that merely waits in a long queue keeps a matching epoch and is
-never published twice (``events.relay``).
+broker immediately and says so in its name. A delivery whose message is out has
+``enqueued_at`` set, always after the send; whatever the broker loses afterwards, the
+relay finds by comparing the queues with the ledger (``events.relay``).
 """
 
 from __future__ import annotations
@@ -42,11 +37,6 @@ logger = logging.getLogger(__name__)
 
 # What a broker that is down, slow or lost raises; anything else is a bug and is raised.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
-EPOCH_KEY = "events:broker-epoch"
-# A transport without a Redis client (memory:// in a script) cannot lose data unnoticed
-# by this process; its deliveries share one constant epoch.
-NO_EPOCH = "-"
-ORPHAN_REASON = "consumer no longer registered"
 
 
 # ------------------------------------------------------------------------------
@@ -115,48 +105,36 @@ def publish_committed(event: Event, deliveries: Sequence[Delivery]) -> None:
 # ------------------------------------------------------------------------------
 # Publishing
 # ------------------------------------------------------------------------------
-def publish_deliveries_now(
-    deliveries: Sequence[Delivery], *, countdown: float | None = None
-) -> list[int]:
-    """Put one message per delivery on its consumer's queue, immediately.
+def publish_deliveries_now(deliveries: Sequence[Delivery]) -> list[int]:
+    """Put one message per delivery on its consumer's queue, immediately, with no delay.
 
     Not transactional: call it after the rows are committed and outside any
     transaction (it talks to the broker). A broker error stops it; the rest stays for
-    the relay. A delivery whose consumer is no longer registered is marked dead with
-    ``consumer no longer registered`` instead of stopping the others. What was sent is
-    confirmed with the broker epoch (``mark_published``); returns the ids sent.
+    the relay. A delivery whose consumer this process does not know is left alone: the
+    relay dead-letters it once no process has declared that consumer for a while
+    (``events.relay``). What was sent is marked sent (``mark_published``); returns the
+    ids sent.
     """
     published: list[Delivery] = []
-    orphans: list[Delivery] = []
-    epoch = ""
     try:
-        with _producer() as (producer, client):
-            before = read_broker_epoch(client, create=True)
+        with current_app.producer_or_acquire() as producer:
             for delivery in deliveries:
-                if not _send(delivery, producer, countdown):
-                    orphans.append(delivery)
-                    continue
-                published.append(delivery)
-            # Equal before and after: every message went into the dataset that holds
-            # this epoch key, and goes when it goes. Different: Redis lost its data
-            # meanwhile, so the sends are left unconfirmed for the relay.
-            epoch = before if read_broker_epoch(client, create=False) == before else ""
+                if _send(delivery, producer):
+                    published.append(delivery)
     except BROKER_ERRORS as exc:
         logger.warning(
             "broker unavailable (%s): %d of %d deliveries left in the outbox for the relay",
             exc,
-            len(deliveries) - len(published) - len(orphans),
+            len(deliveries) - len(published),
             len(deliveries),
         )
-    if orphans:
-        dead_letter_orphans(orphans)
-    if published and epoch:
-        mark_published(published, epoch=epoch)
+    if published:
+        mark_published(published)
     return [delivery.pk for delivery in published]
 
 
-def _send(delivery: Delivery, producer: Any, countdown: float | None) -> bool:
-    """Send ``delivery``'s message; ``False`` (nothing sent) when its consumer is gone."""
+def _send(delivery: Delivery, producer: Any) -> bool:
+    """Send ``delivery``'s message; ``False`` (nothing sent) when its consumer is unknown."""
     try:
         consumer = get_consumer(delivery.consumer)
     except LookupError:
@@ -170,48 +148,31 @@ def _send(delivery: Delivery, producer: Any, countdown: float | None) -> bool:
         },
         queue=consumer.queue,
         producer=producer,
-        countdown=countdown,
         headers=task_headers(delivery.event.correlation_id),
     )
     return True
 
 
 @contextmanager
-def _producer() -> Iterator[tuple[Any, Any]]:
-    """A pooled producer and, on Redis, a client of the same server for the epoch key."""
+def broker_client() -> Iterator[Any]:
+    """A Redis client of the broker's server (pooled), or ``None`` on another transport."""
     with current_app.producer_or_acquire() as producer:
         channel = producer.channel
         if hasattr(channel, "conn_or_acquire"):
             with channel.conn_or_acquire() as client:
-                yield producer, client
+                yield client
         else:
-            yield producer, None
+            yield None
 
 
-def read_broker_epoch(client: Any, *, create: bool) -> str:
-    """The broker's current epoch (created when missing and ``create``), or ``""``."""
-    if client is None:
-        return NO_EPOCH
-    value = client.get(EPOCH_KEY)
-    if value is None and create:
-        client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
-        value = client.get(EPOCH_KEY)
-    return value.decode() if value else ""
+def mark_published(deliveries: Sequence[Delivery]) -> None:
+    """Record that ``deliveries`` have a message out, as of now on the database clock.
 
-
-def current_broker_epoch() -> str:
-    """The epoch the broker holds now, creating it when Redis has none (lost data)."""
-    with _producer() as (_, client):
-        return read_broker_epoch(client, create=True)
-
-
-def mark_published(deliveries: Sequence[Delivery], *, epoch: str) -> None:
-    """Record that ``deliveries`` have a message under ``epoch``, on the database clock.
-
-    Fenced by the attempt count seen when publishing: a delivery that a worker claimed
-    meanwhile is left as the worker leaves it (its own retry publish marks it). Errors
-    are logged, never raised: the rows stay unconfirmed and the relay sends them again,
-    a duplicate that the claim absorbs.
+    Called after the send, so a message is always in the broker before its row says so
+    (the relay's loss check relies on that order). Fenced by the attempt count seen
+    when publishing: a delivery that a worker claimed meanwhile is left as the worker
+    leaves it. Errors are logged, never raised: the rows stay unsent and the relay
+    sends them again, a duplicate that the claim absorbs.
     """
     by_attempts: dict[int, list[int]] = defaultdict(list)
     for delivery in deliveries:
@@ -220,29 +181,6 @@ def mark_published(deliveries: Sequence[Delivery], *, epoch: str) -> None:
     for attempts, ids in by_attempts.items():
         fence |= Q(pk__in=ids, attempts=attempts)
     try:
-        Delivery.objects.filter(fence).update(enqueued_at=Now(), broker_epoch=epoch)
+        Delivery.objects.filter(fence).update(enqueued_at=Now())
     except DatabaseError:
         logger.exception("could not mark %d deliveries published", len(deliveries))
-
-
-def dead_letter_orphans(deliveries: Sequence[Delivery]) -> None:
-    """Mark deliveries whose consumer is no longer registered dead, with that reason.
-
-    They show in ``event_status``, admin and ``replay_events --dead``, from where they
-    can be replayed once the consumer is back.
-    """
-    Delivery.objects.filter(
-        pk__in=[delivery.pk for delivery in deliveries], state__in=Delivery.OPEN_STATES
-    ).update(
-        state=Delivery.State.DEAD,
-        last_error=ORPHAN_REASON,
-        retry_at=None,
-        lease_expires_at=None,
-        updated_at=Now(),
-    )
-    logger.error(
-        "%d deliveries dead: %s (%s)",
-        len(deliveries),
-        ORPHAN_REASON,
-        ", ".join(sorted({delivery.consumer for delivery in deliveries})),
-    )

@@ -5,20 +5,19 @@ from __future__ import annotations
 from celery import Task, shared_task
 from celery.utils.log import get_task_logger
 
-from events import delivery, outbox, relay
+from events import delivery, relay
 from events.registry import Consumer
 
 logger = get_task_logger(__name__)
 
 
 def create_consumer_task(consumer: Consumer) -> Task:
-    """Create ``<consumer>.handle_event``: run one delivery, publish its retry if it needs one.
+    """Create ``<consumer>.handle_event``: run one delivery.
 
     The arguments are ids only (``event_id`` and ``event_type`` are there for Flower);
     the ledger, not Celery's retry counter, counts attempts (at the claim), so a relayed
-    or replayed message keeps counting where the last one stopped. A retry is a new
-    message with a countdown, published through the outbox so that the relay knows
-    whether it was sent.
+    or replayed message keeps counting where the last one stopped. A retry publishes
+    nothing: it is committed with its due time, and the relay sends it then.
     """
 
     @shared_task(
@@ -32,15 +31,12 @@ def create_consumer_task(consumer: Consumer) -> Task:
         soft_time_limit=consumer.soft_time_limit,
     )
     def handle_event(self: Task, delivery_id: int, event_id: str = "", event_type: str = "") -> str:
-        result = delivery.run_delivery(
+        return delivery.run_delivery(
             delivery_id=delivery_id,
             consumer_name=consumer.name,
             task_id=self.request.id or "",
             worker=self.request.hostname or "",
-        )
-        if result.outcome == "retry" and result.delivery is not None:
-            outbox.publish_deliveries_now([result.delivery], countdown=result.countdown)
-        return result.outcome
+        ).outcome
 
     handle_event.__doc__ = f"Deliver one event to the {consumer.name} consumer."
     return handle_event

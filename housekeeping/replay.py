@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
 from django.utils import timezone
 
 from events.delivery import run_delivery
@@ -328,9 +328,10 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
             state=Delivery.State.PENDING,
             retry_at=None,
             completed_at=None,
+            # Its whole attempt budget again, counted from here; ``attempts`` counts on,
+            # so the fence and the attempt history stay unique.
+            attempts_at_redrive=F("attempts"),
             enqueued_at=claimed_at,
-            # Unconfirmed: if its publish fails, the relay sends it (events.relay).
-            broker_epoch="",
             updated_at=now,
         )
     resend_ids = [d.pk for a, _, _, d in plan if a is Action.RESEND and d]

@@ -21,7 +21,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -206,11 +206,20 @@ def _isolated_media(settings) -> Iterator[None]:
     yield
 
 
-def _test_worker(redis_server: RedisServer, queues: Sequence[str], log_path: Path) -> CeleryWorker:
-    """A worker on ``queues`` against the test database, known to the flush guard below."""
+def _test_worker(
+    redis_server: RedisServer,
+    queues: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> CeleryWorker:
+    """A worker on ``queues`` against the test database, known to the flush guard below;
+    ``env`` adds settings of its own (``config/settings/test.py`` reads a few)."""
     worker = CeleryWorker(
         broker_url=redis_server.url,
-        env={"EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"])},
+        env={
+            "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+            **(env or {}),
+        },
         queues=queues,
         log_path=log_path,
     )
@@ -232,13 +241,15 @@ def _session_worker(
 @pytest.fixture(scope="session")
 def make_worker(
     redis_server: RedisServer, django_db_setup: None, artifacts_dir: Path
-) -> Iterator[Callable[[Sequence[str], str], CeleryWorker]]:
-    """``make_worker(queues, log_name)``: a worker besides the session's, not yet started;
-    stopped at the end of the session if a test left it running."""
+) -> Iterator[Callable[..., CeleryWorker]]:
+    """``make_worker(queues, log_name, env=None)``: a worker besides the session's, not yet
+    started; stopped at the end of the session if a test left it running."""
     made: list[CeleryWorker] = []
 
-    def make(queues: Sequence[str], log_name: str) -> CeleryWorker:
-        worker = _test_worker(redis_server, queues, artifacts_dir / log_name)
+    def make(
+        queues: Sequence[str], log_name: str, env: Mapping[str, str] | None = None
+    ) -> CeleryWorker:
+        worker = _test_worker(redis_server, queues, artifacts_dir / log_name, env)
         made.append(worker)
         return worker
 

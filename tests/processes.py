@@ -146,7 +146,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *, from_snapshot: bool = False) -> None:
+        """Start it empty, or ``from_snapshot``: with the data of the last ``save_snapshot``."""
+        snapshot = self.workdir / "dump.rdb"
+        if not from_snapshot:
+            snapshot.unlink(missing_ok=True)
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; run bin/test, which installs it")
@@ -186,9 +190,17 @@ class RedisServer:
             return False
 
     def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(16)
+        self.command("FLUSHALL")
+
+    def save_snapshot(self) -> None:
+        """Write an RDB snapshot now, as a ``save`` point or a backup would."""
+        self.command("SAVE")
+
+    def command(self, *words: str) -> bytes:
+        """Send one command and return the start of its reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(" ".join(words).encode() + b"\r\n")
+            return sock.recv(64)
 
 
 class CeleryWorker:

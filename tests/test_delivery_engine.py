@@ -13,13 +13,16 @@ from unittest import mock
 import pytest
 from celery import current_app
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from events.delivery import LeaseLost, run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
-from events.relay import relay_outbox
-from tests.factories import publish_probe
+from events.registry import all_consumers
+from events.relay import declare_consumers, relay_outbox, retire_orphans
+from housekeeping.replay import redeliver_deliveries
+from tests.factories import publish_fault, publish_probe
 
 pytestmark = pytest.mark.django_db
 
@@ -111,27 +114,25 @@ def test_an_attempt_whose_lease_was_taken_over_cannot_finish_and_its_writes_roll
     assert Delivery.objects.get(pk=delivery.pk).state == "done"
 
 
-def test_a_retry_whose_publish_failed_is_relayed_once_it_is_due(sent_tasks):
+def test_a_retry_publishes_nothing_and_the_relay_sends_it_once_when_due(sent_tasks):
     delivery = probe_delivery(transient_failures={"probe": 1})
-    with mock.patch.object(current_app, "send_task", side_effect=OSError("broker down")):
-        outcome = run_delivery(delivery_id=delivery.pk)
-        # The task publishes the retry; the broker is down, so nothing confirms it.
-        publish_deliveries_now([outcome.delivery], countdown=outcome.countdown)
+    outcome = run_delivery(delivery_id=delivery.pk)
     assert outcome.outcome == "retry"
-    Delivery.objects.update(created_at=timezone.now() - LONG_AGO)
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.enqueued_at) == ("retrying", None)
     Delivery.objects.filter(pk=delivery.pk).update(
         retry_at=timezone.now() + dt.timedelta(minutes=1)
     )
     relay_outbox()
     assert delivery.pk not in published_delivery_ids(sent_tasks)  # not due yet
 
-    # Due, and the grace after the failed send passed: the relay sends it, once.
     Delivery.objects.filter(pk=delivery.pk).update(
-        retry_at=timezone.now() - dt.timedelta(seconds=1), enqueued_at=timezone.now() - LONG_AGO
+        retry_at=timezone.now() - dt.timedelta(seconds=1)
     )
     relay_outbox()
     relay_outbox()
     assert published_delivery_ids(sent_tasks).count(delivery.pk) == 1
+    assert all(call.kwargs.get("countdown") is None for call in sent_tasks.call_args_list)
 
 
 def delivery_handlers(consumer: str) -> dict:
@@ -205,3 +206,85 @@ def test_an_event_of_a_newer_version_is_retried_with_a_clear_reason():
     delivery.refresh_from_db()
     assert delivery.state == "retrying"
     assert "waiting for an upgrade" in delivery.last_error
+
+
+# ------------------------------------------------------------------------------
+# Engine v3: redrive budget, retired consumers, what the relay reads
+# ------------------------------------------------------------------------------
+def fault_delivery(**instructions: object) -> Delivery:
+    event = publish_fault(**instructions)
+    return Delivery.objects.select_related("event").get(event=event, consumer="probe_fault")
+
+
+def test_a_redriven_dead_delivery_gets_its_consumers_whole_attempt_budget_again(published):
+    delivery = fault_delivery(transient_failures={"probe_fault": 100})
+    outcomes = [run_delivery(delivery_id=delivery.pk).outcome for _ in range(3)]
+    assert outcomes == ["retry", "retry", "dead"]
+
+    redeliver_deliveries(deliveries=Delivery.objects.filter(pk=delivery.pk))
+    outcomes = [run_delivery(delivery_id=delivery.pk).outcome for _ in range(3)]
+
+    assert outcomes == ["retry", "retry", "dead"]
+    delivery.refresh_from_db()
+    assert delivery.attempts == 6  # counted on: the fence and the history stay unique
+    assert delivery.last_error.startswith("gave up after 3 attempts since the redrive (6 in all)")
+    assert list(delivery.tries.values_list("number", flat=True)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_retired_consumers_open_deliveries_go_dead_once_no_process_has_declared_it_for_a_while(
+    settings,
+):
+    waiting = fault_delivery()
+    Delivery.objects.filter(pk=waiting.pk).update(
+        consumer="retired", created_at=timezone.now() - LONG_AGO
+    )
+    fresh = fault_delivery()
+    Delivery.objects.filter(pk=fresh.pk).update(consumer="retired_too")
+    settings.EVENTS_RETIRED_CONSUMER_GRACE_SECONDS = 60
+
+    retire_orphans(all_consumers())  # what the relay does ten times per grace
+
+    waiting.refresh_from_db()
+    fresh.refresh_from_db()
+    assert (waiting.state, waiting.last_error) == ("dead", "consumer no longer registered")
+    assert fresh.state == "pending"  # maybe a newer deploy's consumer: within the grace
+
+
+def test_a_relay_running_older_code_leaves_a_newer_consumers_deliveries_alone(settings):
+    newer = fault_delivery()
+    Delivery.objects.filter(pk=newer.pk).update(
+        consumer="added_by_the_next_release", created_at=timezone.now() - LONG_AGO
+    )
+    settings.EVENTS_RETIRED_CONSUMER_GRACE_SECONDS = 60
+    # A process running the newer code declared it a moment ago (its worker or relay).
+    declare_consumers(["added_by_the_next_release"])
+
+    retire_orphans(all_consumers())
+
+    newer.refresh_from_db()
+    assert newer.state == "pending"
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's query plans")
+def test_the_relay_reads_the_ledger_through_its_indexes_never_a_table_scan():
+    for _ in range(3):
+        fault_delivery()
+    with CaptureQueriesContext(connection) as queries:
+        relay_outbox()
+    plans = []
+    with connection.cursor() as cursor:
+        for query in queries.captured_queries:
+            sql = query["sql"]
+            if "events_delivery" not in sql or not sql.lstrip().upper().startswith(
+                ("SELECT", "UPDATE")
+            ):
+                continue
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+            plans.append((sql, [row[-1] for row in cursor.fetchall()]))
+    assert plans
+    scans = [
+        (sql, plan)
+        for sql, plan in plans
+        if any(step.startswith("SCAN events_delivery") for step in plan)
+    ]
+    assert scans == []

@@ -18,5 +18,13 @@ EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
 # Beat deletes events older than this many days whose deliveries are all done
 # (prune_events); 0 keeps everything.
 EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=30)
-# How often beat runs the relay (events.relay_outbox).
-EVENTS_RELAY_INTERVAL_SECONDS = env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=5.0)
+# How often beat runs the relay (events.relay_outbox): a retry is sent within about this
+# long of its due time, since no delay waits in the broker.
+EVENTS_RELAY_INTERVAL_SECONDS = env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=1.0)
+# A relay dead-letters the open deliveries of a consumer it does not know ("consumer no
+# longer registered") only once no process has declared that consumer for this long and
+# the deliveries are as old: long enough for a rolling deploy, so that a relay running
+# older code never dead-letters a consumer that newer code added.
+EVENTS_RETIRED_CONSUMER_GRACE_SECONDS = env.int(
+    "EVENTS_RETIRED_CONSUMER_GRACE_SECONDS", default=3600
+)

@@ -38,7 +38,7 @@ STATIC_ROOT = _test_db_dir / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 
 # Fast retries, short leases and a short publish grace keep fault-injection tests quick.
-EVENTS_RETRY_BACKOFF_SECONDS = 0.05
+EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=0.05)
 EVENTS_RETRY_BACKOFF_MAX_SECONDS = 1
 EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=1)
 EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=1)
