@@ -239,7 +239,7 @@ def heal_lost_messages(client: Any, consumers: Sequence[Consumer]) -> int:
 
 def _database_now() -> Any:
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {now_sql()}")
+        cursor.execute(f"SELECT {now_sql()}", [])
         return cursor.fetchone()[0]
 
 
