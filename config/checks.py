@@ -39,7 +39,7 @@ class DeliveryConfig:
     """
 
     visibility_timeout: float
-    retry_backoff_max: float
+    prefetch_multiplier: int
     lease_margin: float
     default_time_limit: float | None
     consumer_time_limits: Mapping[str, float | None]
@@ -68,19 +68,21 @@ def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
         )
 
     # With acks_late a message stays unacknowledged from the moment a worker takes it
-    # until the task ends: a retry holds it through its countdown (the ETA) and then
-    # its run, so both add up. Past the visibility timeout Redis hands it out again.
+    # until its task ends. No message carries a delay (retries wait in the ledger), so
+    # that is: waiting behind the other messages its process reserved (prefetch
+    # multiplier - 1 tasks), its own run, and the pool replacing a killed process (the
+    # lease margin). Past the visibility timeout Redis hands it out again.
     longest_name, longest = _longest(limits, config.default_time_limit)
-    held = config.retry_backoff_max + longest
+    held = config.prefetch_multiplier * longest + config.lease_margin
     if config.visibility_timeout <= held:
         problems.append(
             Problem(
                 "events.E002",
                 f"the broker visibility timeout ({_s(config.visibility_timeout)}) must exceed "
-                f"the longest retry countdown (EVENTS_RETRY_BACKOFF_MAX_SECONDS = "
-                f"{_s(config.retry_backoff_max)}) plus the longest task time limit "
-                f"({_s(longest)}, {longest_name}) = {_s(held)}: Redis would hand a message "
-                "that is still waiting or running to a second worker "
+                f"CELERY_WORKER_PREFETCH_MULTIPLIER ({config.prefetch_multiplier}) times the "
+                f"longest task time limit ({_s(longest)}, {longest_name}) plus "
+                f"EVENTS_LEASE_MARGIN_SECONDS ({_s(config.lease_margin)}) = {_s(held)}: Redis "
+                "would hand a message that is still waiting or running to a second worker "
                 "(raise CELERY_VISIBILITY_TIMEOUT)",
             )
         )
@@ -157,7 +159,7 @@ def current_delivery_config(app: Any = None) -> DeliveryConfig:
     return DeliveryConfig(
         # kombu's Redis transport default, when the option is not set.
         visibility_timeout=float(transport_options.get("visibility_timeout", 3600)),
-        retry_backoff_max=float(settings.EVENTS_RETRY_BACKOFF_MAX_SECONDS),
+        prefetch_multiplier=max(1, int(conf.worker_prefetch_multiplier or 1)),
         lease_margin=float(settings.EVENTS_LEASE_MARGIN_SECONDS),
         default_time_limit=conf.task_time_limit,
         consumer_time_limits={c.task_name: c.time_limit for c in consumers},

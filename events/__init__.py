@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from events.exceptions import DeliveryBusy, PermanentError, TransientError
-from events.registry import Consumer, Handler, TwoStepHandler, register_consumer
+from events.registry import Consumer, Forgotten, Handler, TwoStepHandler, register_consumer
 from events.schemas import Envelope, EventSchema, schemas
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryBusy",
     "Envelope",
     "EventSchema",
+    "Forgotten",
     "Handler",
     "PermanentError",
     "TransientError",

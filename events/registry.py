@@ -19,7 +19,9 @@ app folder plus one ``INSTALLED_APPS`` line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,20 @@ Handler = Callable[[Envelope], None] | TwoStepHandler
 
 
 @dataclass(frozen=True)
+class Forgotten:
+    """Events retention is deleting: their envelopes (as stored), and the aggregates
+    none of whose events is left after them (a deleted upload's whole history)."""
+
+    events: Sequence[Envelope]
+    aggregates_gone: frozenset[str]
+
+    @property
+    def event_ids(self) -> list[uuid.UUID]:
+        """The ids of the events being deleted."""
+        return [envelope.id for envelope in self.events]
+
+
+@dataclass(frozen=True)
 class Consumer:
     """One independent reaction to events, with its own queue, retries and time limits.
 
@@ -65,6 +81,13 @@ class Consumer:
     time_limit: int = 120
     soft_time_limit: int = 100
     concurrency: int = 1
+    # Retention (``prune_events``): ``forget_events(pruned)`` deletes this consumer's own
+    # rows for the events being pruned (``Forgotten``), in the same transaction, before
+    # they go: a pruned event cannot be replayed, so its dedupe rows guard nothing.
+    # ``prune_before(cutoff)`` deletes its rows older than the cut-off that no event keys
+    # (a log of test calls). Each returns how many rows it deleted.
+    forget_events: Callable[[Forgotten], int] | None = None
+    prune_before: Callable[[dt.datetime], int] | None = None
 
     @property
     def task_name(self) -> str:

@@ -5,7 +5,7 @@ Its name is written here and nowhere else: other code that needs it reads
 """
 
 from events import Consumer, register_consumer
-from indexing import handlers
+from indexing import handlers, services
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
@@ -19,5 +19,6 @@ consumer = register_consumer(
             FILE_DELETED: handlers.remove_upload,
         },
         concurrency=2,
+        forget_events=services.forget_tombstones,
     )
 )

@@ -15,7 +15,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models.functions import Left
 
-from events import PermanentError
+from events import Forgotten, PermanentError
 from indexing import search
 from indexing.extraction import (
     Extraction,
@@ -28,6 +28,7 @@ from indexing.extraction import (
 )
 from indexing.models import IndexEntry
 from indexing.search import SearchHit
+from uploads.events import FILE_DELETED
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +179,19 @@ def _update_search_vector(entry: IndexEntry) -> None:
             ),
             note="; ".join(filter(None, [entry.note, note]))[:255],
         )
+
+
+def forget_tombstones(pruned: Forgotten) -> int:
+    """Retention: drop the tombstones of deleted uploads whose every event is being pruned.
+
+    A tombstone keeps a late ``file.uploaded`` from indexing a deleted upload again; once
+    none of the upload's events is left, nothing can be delivered or replayed for it.
+    """
+    deleted = {
+        int(envelope.aggregate_id)
+        for envelope in pruned.events
+        if envelope.type == FILE_DELETED and envelope.aggregate_id in pruned.aggregates_gone
+    }
+    if not deleted:
+        return 0
+    return IndexEntry.objects.filter(upload_id__in=deleted, deleted=True).delete()[0]

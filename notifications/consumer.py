@@ -5,7 +5,7 @@ Its name is written here and nowhere else: other code that needs it reads
 """
 
 from events import Consumer, register_consumer
-from notifications import handlers
+from notifications import handlers, services
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
@@ -20,5 +20,6 @@ consumer = register_consumer(
         time_limit=60,
         soft_time_limit=45,
         concurrency=2,
+        forget_events=services.forget_mails,
     )
 )

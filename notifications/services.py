@@ -60,7 +60,7 @@ from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from events import Consumer, Envelope, PermanentError, TransientError, claim_effect
+from events import Consumer, Envelope, Forgotten, PermanentError, TransientError, claim_effect
 from notifications.models import Notification
 
 logger = logging.getLogger(__name__)
@@ -292,3 +292,8 @@ def _close_quietly(connection: Any) -> None:
 def _tidy(text: str) -> str:
     """Plain text without the blank-line runs that template tags leave behind."""
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def forget_mails(pruned: Forgotten) -> int:
+    """Retention: drop the mail claims of events being pruned (nothing can replay them)."""
+    return Notification.objects.filter(event_id__in=pruned.event_ids).delete()[0]

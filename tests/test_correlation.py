@@ -197,7 +197,7 @@ def test_relayed_delivery_carries_the_events_correlation_id(live_worker, redis_s
 
 
 @pytest.mark.django_db(transaction=True)
-def test_retries_of_a_task_keep_its_correlation_id(live_worker):
+def test_retries_of_a_task_keep_its_correlation_id(live_worker, running_relay):
     request_id = f"req-{uuid.uuid4().hex[:12]}"
     with correlation.correlation_scope(request_id):
         event = publish_probe(transient_failures={"probe": 2})

@@ -13,6 +13,8 @@ from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
 from housekeeping.retention import cutoff_for, prune_events, prune_old_events
 from housekeeping.tasks import prune_events_task
+from indexing.models import IndexEntry
+from notifications.models import Notification
 from tests.factories import (
     bulk_probe_events,
     peak_memory_against_loading_the_log,
@@ -20,6 +22,7 @@ from tests.factories import (
     upload_text,
 )
 from tests.processes import FakeTerminal, wait_for
+from uploads.services import delete_upload
 
 
 def age(events, days: int) -> None:
@@ -121,9 +124,10 @@ def test_prune_takes_a_fixed_number_of_queries_per_chunk(django_assert_max_num_q
     chunk_size = 250
     chunks = 3000 // chunk_size + 1  # the last, empty page ends the scan
 
-    # Per chunk: the page, the locked states, a savepoint pair, and the deletes of
-    # attempts, deliveries and events; never one per event or delivery.
-    with django_assert_max_num_queries(8 * chunks + 3):
+    # Per chunk: the page, the locked states, a savepoint pair, the events for the
+    # consumers' forget_events and theirs, and the deletes of attempts, deliveries and
+    # events; never one per event or delivery.
+    with django_assert_max_num_queries(10 * chunks + 3):
         call_command("prune_events", "--older-than", "30", "--chunk-size", str(chunk_size))
 
     assert Event.objects.count() == Delivery.objects.count() == 0
@@ -232,3 +236,82 @@ def test_audit_chain_verifies_after_the_worker_prunes_what_it_delivered(
     verified = run_manage("verify_audit")
     assert verified.returncode == 0, verified.stderr
     assert "audit chain intact: 3 entries checked" in verified.stdout
+
+
+@pytest.mark.django_db
+def test_an_event_with_a_dead_delivery_is_kept_for_the_dead_retention_then_pruned(user):
+    young_dead, old_dead, old_waiting = (uploaded_event(user) for _ in range(3))
+    for event in (young_dead, old_dead, old_waiting):
+        finish(event)
+        Delivery.objects.filter(event=event, consumer="audit").update(state=Delivery.State.DEAD)
+    Delivery.objects.filter(event=old_waiting, consumer="indexing").update(
+        state=Delivery.State.RETRYING
+    )
+    age(Event.objects.filter(pk=young_dead.pk), days=90)
+    age(Event.objects.filter(pk__in=[old_dead.pk, old_waiting.pk]), days=400)
+
+    call_command("prune_events", "--older-than", "30", "--dead-older-than", "365")
+
+    assert set(Event.objects.values_list("pk", flat=True)) == {young_dead.pk, old_waiting.pk}
+
+
+@pytest.mark.django_db
+def test_beat_retention_keeps_dead_ones_for_events_dead_retention_days(user, settings):
+    dead = uploaded_event(user)
+    finish(dead)
+    Delivery.objects.filter(event=dead, consumer="audit").update(state=Delivery.State.DEAD)
+    age(Event.objects.all(), days=100)
+    settings.EVENTS_RETENTION_DAYS = 30
+    settings.EVENTS_DEAD_RETENTION_DAYS = 365
+    prune_old_events()
+    assert Event.objects.filter(pk=dead.pk).exists()
+
+    settings.EVENTS_DEAD_RETENTION_DAYS = 60
+    prune_old_events()
+    assert not Event.objects.filter(pk=dead.pk).exists()
+
+
+@pytest.mark.django_db
+def test_pruning_an_event_drops_its_mail_claims_and_a_deleted_uploads_tombstone(user):
+    kept_upload = upload_text(user, name="kept.txt")
+    deleted_upload = upload_text(user, name="gone.txt")
+    deleted_id = deleted_upload.pk
+    delete_upload(deleted_upload, actor=user)
+    events = list(Event.objects.all())
+    for event in events:
+        finish(event)
+        Notification.objects.create(
+            event_id=event.pk, recipient="owner@example.com", subject="s", state="sent"
+        )
+    IndexEntry.objects.create(upload_id=kept_upload.pk, owner_id=user.pk, name="kept.txt")
+    IndexEntry.objects.create(
+        upload_id=deleted_id, owner_id=user.pk, name="gone.txt", deleted=True
+    )
+    age(Event.objects.all(), days=40)
+
+    call_command("prune_events", "--older-than", "30")
+
+    assert Event.objects.count() == 0
+    assert Notification.objects.count() == 0
+    # The live upload's entry stays; the deleted one's tombstone has nothing left to guard.
+    assert list(IndexEntry.objects.values_list("upload_id", flat=True)) == [kept_upload.pk]
+
+
+@pytest.mark.django_db
+def test_a_tombstone_stays_while_an_event_of_its_upload_is_kept(user):
+    upload = upload_text(user)
+    upload_id = upload.pk
+    delete_upload(upload, actor=user)
+    uploaded = Event.objects.get(aggregate_id=str(upload_id), type="file.uploaded")
+    for event in Event.objects.all():
+        finish(event)
+    Delivery.objects.filter(event=uploaded, consumer="indexing").update(state="dead")
+    IndexEntry.objects.create(upload_id=upload_id, owner_id=user.pk, name="x", deleted=True)
+    age(Event.objects.all(), days=40)
+
+    call_command("prune_events", "--older-than", "30")
+
+    # file.deleted went; file.uploaded stays (dead, for replay), and so does the tombstone
+    # that keeps its replay from indexing the deleted upload again.
+    assert list(Event.objects.values_list("type", flat=True)) == ["file.uploaded"]
+    assert IndexEntry.objects.filter(upload_id=upload_id, deleted=True).exists()

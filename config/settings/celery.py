@@ -28,8 +28,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# Unacked messages come back after this long. It must exceed the longest task time
-# limit and the longest retry countdown, or Redis hands a message out twice.
+# Unacked messages come back after this long. No message carries a delay (retries wait
+# in the ledger), so it must exceed what a worker may hold one for: the prefetch
+# multiplier times the longest task time limit, plus EVENTS_LEASE_MARGIN_SECONDS
+# (config/checks.py refuses less), or Redis hands a message out twice.
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 # Short socket timeouts and few connection retries keep a publish from hanging a web

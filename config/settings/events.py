@@ -18,6 +18,9 @@ EVENTS_RELAY_BATCH_SIZE = env.int("EVENTS_RELAY_BATCH_SIZE", default=500)
 # Beat deletes events older than this many days whose deliveries are all done
 # (prune_events); 0 keeps everything.
 EVENTS_RETENTION_DAYS = env.int("EVENTS_RETENTION_DAYS", default=30)
+# Events with a dead delivery (and none still open) are kept this long, for replay, then
+# pruned too; never fewer days than EVENTS_RETENTION_DAYS.
+EVENTS_DEAD_RETENTION_DAYS = env.int("EVENTS_DEAD_RETENTION_DAYS", default=365)
 # How often beat runs the relay (events.relay_outbox): a retry is sent within about this
 # long of its due time, since no delay waits in the broker.
 EVENTS_RELAY_INTERVAL_SECONDS = env.float("EVENTS_RELAY_INTERVAL_SECONDS", default=1.0)
