@@ -35,6 +35,10 @@ from events.schemas import schemas
 
 logger = logging.getLogger(__name__)
 
+# Rows marked sent per statement: each statement is its own short write (on SQLite, the
+# whole database's write lock), so uploads and claims never wait behind a big batch
+# (bench/relay_lock.py).
+MARK_CHUNK = 50
 # What a broker that is down, slow or lost raises; anything else is a bug and is raised.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError)
 
@@ -174,13 +178,15 @@ def mark_published(deliveries: Sequence[Delivery]) -> None:
     leaves it. Errors are logged, never raised: the rows stay unsent and the relay
     sends them again, a duplicate that the claim absorbs.
     """
-    by_attempts: dict[int, list[int]] = defaultdict(list)
-    for delivery in deliveries:
-        by_attempts[delivery.attempts].append(delivery.pk)
-    fence = Q()
-    for attempts, ids in by_attempts.items():
-        fence |= Q(pk__in=ids, attempts=attempts)
-    try:
-        Delivery.objects.filter(fence).update(enqueued_at=Now())
-    except DatabaseError:
-        logger.exception("could not mark %d deliveries published", len(deliveries))
+    for first in range(0, len(deliveries), MARK_CHUNK):
+        by_attempts: dict[int, list[int]] = defaultdict(list)
+        for delivery in deliveries[first : first + MARK_CHUNK]:
+            by_attempts[delivery.attempts].append(delivery.pk)
+        fence = Q()
+        for attempts, ids in by_attempts.items():
+            fence |= Q(pk__in=ids, attempts=attempts)
+        try:
+            Delivery.objects.filter(fence).update(enqueued_at=Now())
+        except DatabaseError:
+            logger.exception("could not mark %d deliveries published", len(deliveries))
+            return

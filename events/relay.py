@@ -210,14 +210,15 @@ def heal_lost_messages(client: Any, consumers: Sequence[Consumer]) -> int:
     by_queue: dict[str, list[str]] = defaultdict(list)
     for consumer in consumers:
         by_queue[consumer.queue].append(consumer.name)
+    held_for = _longest_hold(consumers)
     started = _database_now()
-    queued, reserved = _broker_counts(client, by_queue)
+    queued, reserved = _broker_counts(client, by_queue, held_for)
     deficits = _deficits(by_queue, queued, reserved, started)
     if not deficits:
         return 0
     # A worker may hold a message it has popped and not yet recorded as reserved.
     time.sleep(RECOUNT_PAUSE_SECONDS)
-    reserved |= _reserved_delivery_ids(client)
+    reserved |= _reserved_delivery_ids(client, held_for)
     deficits = _deficits(by_queue, queued, reserved, started)
     healed = 0
     for queue, missing in deficits.items():
@@ -243,14 +244,35 @@ def _database_now() -> Any:
         return cursor.fetchone()[0]
 
 
-def _broker_counts(client: Any, by_queue: dict[str, list[str]]) -> tuple[Counter[str], set[int]]:
-    """Messages waiting in each queue and the delivery ids reserved by workers, read at once."""
+def _longest_hold(consumers: Sequence[Consumer]) -> dict[str, float]:
+    """Queue → the longest a live worker holds one of its messages unacknowledged.
+
+    The bound the worker's startup check puts under the visibility timeout
+    (``config.checks``): the prefetch multiplier times the time limit, plus the lease
+    margin. A reserved message older than that belongs to a worker that is gone (killed,
+    or a warm shutdown that did not give it back); Redis hands it out again only after
+    the visibility timeout, so the relay counts it as lost instead.
+    """
+    from celery import current_app
+
+    multiplier = max(1, int(current_app.conf.worker_prefetch_multiplier or 1))
+    hold: dict[str, float] = {}
+    for consumer in consumers:
+        seconds = multiplier * consumer.time_limit + settings.EVENTS_LEASE_MARGIN_SECONDS
+        hold[consumer.queue] = max(hold.get(consumer.queue, 0), seconds)
+    return hold
+
+
+def _broker_counts(
+    client: Any, by_queue: dict[str, list[str]], held_for: dict[str, float]
+) -> tuple[Counter[str], set[int]]:
+    """Messages waiting in each queue and the delivery ids live workers reserved, at once."""
     queues = list(by_queue)
     with client.pipeline(transaction=True) as pipe:
         for queue in queues:
             for key in _queue_keys(queue):
                 pipe.llen(key)
-        pipe.hvals(UNACKED_KEY)
+        _read_reserved(pipe)
         replies = pipe.execute()
     waiting: Counter[str] = Counter()
     position = 0
@@ -258,12 +280,14 @@ def _broker_counts(client: Any, by_queue: dict[str, list[str]]) -> tuple[Counter
         keys = len(_queue_keys(queue))
         waiting[queue] = sum(replies[position : position + keys])
         position += keys
-    return waiting, _delivery_ids(replies[-1])
+    return waiting, _live_reserved(*replies[-3:], held_for=held_for)
 
 
 # kombu's Redis transport: a queue is one list per priority step ("name", then
-# "name\x06\x16<step>"), and messages taken but not acknowledged wait in one hash.
+# "name\x06\x16<step>"); messages taken but not acknowledged wait in one hash, by
+# delivery tag, and the time each was taken (the worker's clock) in a sorted set.
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 
@@ -272,20 +296,42 @@ def _queue_keys(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS if step]
 
 
-def _reserved_delivery_ids(client: Any) -> set[int]:
-    return _delivery_ids(client.hvals(UNACKED_KEY))
+def _read_reserved(pipe: Any) -> None:
+    pipe.time()
+    pipe.hgetall(UNACKED_KEY)
+    pipe.zrange(UNACKED_INDEX_KEY, 0, -1, withscores=True)
 
 
-def _delivery_ids(raw_messages: Iterable[bytes]) -> set[int]:
-    """The ``delivery_id`` of each Celery message in ``raw_messages`` (others are skipped)."""
+def _reserved_delivery_ids(client: Any, held_for: dict[str, float]) -> set[int]:
+    with client.pipeline(transaction=True) as pipe:
+        _read_reserved(pipe)
+        return _live_reserved(*pipe.execute(), held_for=held_for)
+
+
+def _live_reserved(
+    server_time: tuple[int, int],
+    unacked: dict[bytes, bytes],
+    taken_at: list[tuple[bytes, float]],
+    *,
+    held_for: dict[str, float],
+) -> set[int]:
+    """The delivery ids of reserved messages young enough to belong to a live worker.
+
+    Ages compare the worker's clock (when it took the message) with the Redis server's:
+    hosts in sync to within seconds, against a bound of minutes.
+    """
+    now = server_time[0] + server_time[1] / 1_000_000
+    taken = dict(taken_at)
     ids: set[int] = set()
-    for raw in raw_messages:
+    for tag, raw in unacked.items():
         try:
-            message = json.loads(raw)[0]
+            message, _exchange, queue = json.loads(raw)
             _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-            ids.add(int(kwargs["delivery_id"]))
+            delivery_id = int(kwargs["delivery_id"])
         except (ValueError, KeyError, TypeError, IndexError):
             continue  # not one of ours (a control message, another app's task)
+        if now - taken.get(tag, now) < held_for.get(queue, 0):
+            ids.add(delivery_id)
     return ids
 
 

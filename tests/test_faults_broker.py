@@ -8,6 +8,8 @@ background as beat runs it.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -193,3 +195,31 @@ def test_a_backlog_waiting_in_its_queue_is_never_sent_twice(
         assert relay.published == 0
     assert len(ids) == 200
     assert_each_done_once(events)
+
+
+def test_a_message_stranded_unacknowledged_by_a_gone_worker_is_sent_again_after_its_hold(
+    live_worker: CeleryWorker, redis_server: RedisServer
+):
+    # The state a worker leaves when it dies (or a warm shutdown does not give a message
+    # back) right after taking a message: in Redis's unacked hash, in no queue, until the
+    # visibility timeout (an hour). probe_fault's hold is 2 s time limit + 1 s margin.
+    live_worker.stop()
+    event = publish_fault()
+    delivery = Delivery.objects.get(event=event, consumer="probe_fault")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        raw = client.rpop("probe")
+        message = json.loads(raw)
+        info = message["properties"]["delivery_info"]
+        tag = message["properties"]["delivery_tag"]
+        client.hset("unacked", tag, json.dumps([message, info["exchange"], info["routing_key"]]))
+        client.zadd("unacked_index", {tag: time.time()})
+        assert queued_delivery_ids(redis_server)[delivery.pk] == 0
+    finally:
+        client.close()
+
+    live_worker.start()
+    with RelayLoop() as relay:
+        wait_for(lambda: all_done([event]), timeout=30, what="the stranded delivery")
+    assert relay.published == 1
+    assert_each_done_once([event])

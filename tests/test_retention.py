@@ -284,9 +284,7 @@ def test_pruning_an_event_drops_its_mail_claims_and_a_deleted_uploads_tombstone(
             event_id=event.pk, recipient="owner@example.com", subject="s", state="sent"
         )
     IndexEntry.objects.create(upload_id=kept_upload.pk, owner_id=user.pk, name="kept.txt")
-    IndexEntry.objects.create(
-        upload_id=deleted_id, owner_id=user.pk, name="gone.txt", deleted=True
-    )
+    IndexEntry.objects.create(upload_id=deleted_id, owner_id=user.pk, name="gone.txt", deleted=True)
     age(Event.objects.all(), days=40)
 
     call_command("prune_events", "--older-than", "30")
