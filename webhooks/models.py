@@ -64,10 +64,9 @@ class Endpoint(models.Model):
 class EndpointDelivery(models.Model):
     """One event for one endpoint: created when the event fans out, then how its calls went.
 
-    The unique (event, endpoint) pair makes the fan-out happen once per endpoint (a
-    forced replay of the event adds no second call), and an endpoint that answered 2xx
-    (``delivered``) or refused for good (``rejected``) is not called again for that event
-    by a duplicate message of its call.
+    An endpoint that answered 2xx (``delivered``) or refused for good (``rejected``) is
+    not called again for that event: not by a duplicate message of its call, nor by a
+    forced replay of the event or of the call.
     """
 
     class State(models.TextChoices):
