@@ -40,6 +40,3 @@ calls = register_consumer(
         concurrency=4,
     )
 )
-
-# The name the rest of the code (and older imports) used for the fan-out consumer.
-consumer = fan_out
