@@ -213,3 +213,19 @@ def test_an_over_long_url_is_a_clear_400_and_a_command_error(client, user):
     assert response.status_code == 400
     assert "2000" in response.content.decode()
     assert not Endpoint.objects.exists()
+
+
+@pytest.mark.django_db
+def test_calls_leave_no_descriptor_and_no_deadline_timer_behind(user, receiver):
+    import os
+    import threading
+
+    endpoint = add_endpoint(owner=user, url=receiver.url("/count"))
+    send_ping(endpoint=endpoint)  # the first call opens what stays open anyway (database)
+    descriptors = len(os.listdir("/proc/self/fd"))
+
+    for _ in range(5):
+        assert send_ping(endpoint=endpoint).outcome == "delivered"
+
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]

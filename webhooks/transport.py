@@ -256,6 +256,11 @@ class GuardedTransport(httpx.HTTPTransport):
         super().close()
         self.backend.close()
 
+    def __exit__(self, *exc_info: Any) -> None:
+        # httpx.Client.__exit__ exits the transport without calling close().
+        super().__exit__(*exc_info)
+        self.backend.close()
+
 
 def client(*, connect_timeout: float, read_timeout: float, deadline: float) -> httpx.Client:
     """An ``httpx.Client`` for one webhook call: guarded, cut at ``deadline`` (monotonic).
