@@ -210,7 +210,10 @@ def test_each_endpoint_gets_only_the_types_it_chose_and_types_change_on_the_page
 
     # the owner limits the second endpoint to uploads on the page
     client.force_login(user)
-    client.post(reverse("webhooks:types", args=[everything.pk]), {"event_types": [FILE_UPLOADED]})
+    client.post(
+        reverse("webhooks:types", args=[everything.pk]),
+        {f"endpoint-{everything.pk}-event_types": [FILE_UPLOADED]},
+    )
     delete_upload(upload_text(user), actor=user)
     deliver_webhooks()
 

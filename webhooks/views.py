@@ -54,6 +54,13 @@ class EventTypesForm(forms.Form):
     event_types = _event_types_field()
 
 
+def _types_form(endpoint: Endpoint, data: object = None) -> EventTypesForm:
+    # One form per endpoint on the page: the prefix keeps their field ids apart.
+    return EventTypesForm(
+        data, initial={"event_types": endpoint.event_types}, prefix=f"endpoint-{endpoint.pk}"
+    )
+
+
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -75,14 +82,7 @@ def endpoints(request: HttpRequest) -> HttpResponse:
             return redirect("webhooks:endpoints")
     mine = list(Endpoint.objects.filter(owner=request.user))
     calls = recent_calls(mine)
-    rows = [
-        (
-            endpoint,
-            calls[endpoint.pk],
-            EventTypesForm(initial={"event_types": endpoint.event_types}),
-        )
-        for endpoint in mine
-    ]
+    rows = [(endpoint, calls[endpoint.pk], _types_form(endpoint)) for endpoint in mine]
     status = 400 if request.method == "POST" else 200
     return render(
         request,
@@ -154,7 +154,7 @@ def enable(request: HttpRequest, endpoint_id: int) -> HttpResponse:
 def event_types(request: HttpRequest, endpoint_id: int) -> HttpResponse:
     """Choose which event types the endpoint receives (none ticked: every type)."""
     endpoint = _mine(request, endpoint_id)
-    form = EventTypesForm(request.POST)
+    form = _types_form(endpoint, request.POST)
     if not form.is_valid():
         messages.error(request, "Unknown event type.")
         return redirect("webhooks:endpoints")
