@@ -229,3 +229,17 @@ def test_calls_leave_no_descriptor_and_no_deadline_timer_behind(user, receiver):
 
     assert len(os.listdir("/proc/self/fd")) == descriptors
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+
+
+@pytest.mark.django_db
+def test_an_endpoint_stored_with_credentials_is_not_called_with_them(user, receiver):
+    # Added before credentials were refused: its calls are refused, the secret never sent.
+    endpoint = Endpoint.objects.create(
+        owner=user, url=f"http://alice:hunter2@127.0.0.1:{receiver.port}/old", secret="whsec_AAAA"
+    )
+
+    result = send_ping(endpoint=endpoint)
+
+    assert result.outcome == "rejected"
+    assert "hunter2" not in result.error
+    assert receiver.at("/old") == []

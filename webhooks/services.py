@@ -274,6 +274,8 @@ def call_endpoint(
 def _post(url: str, *, headers: dict[str, str], body: bytes, deadline: float) -> CallResult:
     """One POST. Errors are described by kind only: httpx's texts may quote the URL."""
     try:
+        # An endpoint stored before credentials were refused: never send them.
+        transport.refuse_credentials(url)
         with (
             transport.client(
                 connect_timeout=getattr(settings, "WEBHOOKS_CONNECT_TIMEOUT_SECONDS", 3.0),

@@ -94,10 +94,7 @@ def check_url(url: str, *, timeout: float = 5.0) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ALLOWED_SCHEMES:
         raise AddressRefused(f"only {' and '.join(ALLOWED_SCHEMES)} URLs are allowed")
-    if parts.username is not None or parts.password is not None:
-        raise AddressRefused(
-            "URLs with user:password@ are not accepted: check the webhook signature instead"
-        )
+    refuse_credentials(url)
     if not parts.hostname:
         raise AddressRefused("the URL has no host")
     try:
@@ -112,6 +109,15 @@ def check_url(url: str, *, timeout: float = 5.0) -> None:
         raise AddressRefused(REFUSED) from None
     if any(refused_address(address) for address in addresses):
         raise AddressRefused(REFUSED)
+
+
+def refuse_credentials(url: str) -> None:
+    """Raise ``AddressRefused`` for a URL with ``user:password@`` (they would reach logs)."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise AddressRefused(
+            "URLs with user:password@ are not accepted: check the webhook signature instead"
+        )
 
 
 def resolve(host: str, port: int, *, timeout: float) -> list[str]:
