@@ -7,6 +7,7 @@ Its name is written here and nowhere else: other code that needs it reads
 from events import Consumer, register_consumer
 from notifications import handlers, services
 from uploads.events import FILE_DELETED, FILE_UPLOADED
+from webhooks.events import WEBHOOK_ENDPOINT_DISABLED
 
 consumer = register_consumer(
     Consumer(
@@ -15,6 +16,7 @@ consumer = register_consumer(
         handlers={
             FILE_UPLOADED: handlers.notify_upload,
             FILE_DELETED: handlers.notify_deletion,
+            WEBHOOK_ENDPOINT_DISABLED: handlers.notify_webhook_disabled,
         },
         # Also how long a mail's claim protects the attempt sending it (events.effects).
         time_limit=60,

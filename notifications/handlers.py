@@ -23,9 +23,15 @@ def prepare_deletion(envelope: Envelope) -> Notification:
     return notify_owner(envelope, template="file_deleted")
 
 
+def prepare_webhook_disabled(envelope: Envelope) -> Notification:
+    """Tell the owner one of their webhook endpoints was disabled, and why."""
+    return notify_owner(envelope, template="webhook_disabled")
+
+
 def nothing_to_apply(envelope: Envelope, notification: Notification) -> None:
     """The mail and its record were committed in ``prepare``; the ledger marks it done."""
 
 
 notify_upload = TwoStepHandler(prepare=prepare_upload, apply=nothing_to_apply)
 notify_deletion = TwoStepHandler(prepare=prepare_deletion, apply=nothing_to_apply)
+notify_webhook_disabled = TwoStepHandler(prepare=prepare_webhook_disabled, apply=nothing_to_apply)

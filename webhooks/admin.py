@@ -1,4 +1,7 @@
-"""Webhook endpoints (editable: activate again, change types) and their read-only records."""
+"""Webhook endpoints (editable: activate again, change types) and their read-only records.
+
+Secrets are never shown here: the owner sees a secret once, when it is made.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,27 @@ from webhooks.models import Call, Endpoint, EndpointDelivery
 
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
-    list_display = ("url", "owner", "active", "deactivated_reason", "created_at")
+    list_display = (
+        "__str__",
+        "owner",
+        "active",
+        "deactivated_reason",
+        "failing_since",
+        "created_at",
+    )
     list_filter = ("active",)
     search_fields = ("url", "owner__username")
-    readonly_fields = ("owner", "url", "secret", "created_at")
-    fields = ("owner", "url", "event_types", "active", "deactivated_reason", "created_at")
+    readonly_fields = ("owner", "url", "previous_secret_expires_at", "failing_since", "created_at")
+    fields = (
+        "owner",
+        "url",
+        "event_types",
+        "active",
+        "deactivated_reason",
+        "failing_since",
+        "previous_secret_expires_at",
+        "created_at",
+    )
 
     def has_add_permission(self, request: object) -> bool:
         return False  # added through the pages or add_webhook, which check the address
@@ -24,12 +43,11 @@ class EndpointAdmin(admin.ModelAdmin):
 class EndpointDeliveryAdmin(ReadOnlyAdmin):
     list_display = ("event_id", "endpoint", "state", "calls", "last_status", "updated_at")
     list_filter = ("state",)
-    search_fields = ("event_id", "endpoint__url")
+    search_fields = ("event_id",)
     readonly_fields = (
         "event_id",
         "endpoint",
         "state",
-        "claimed_at",
         "not_before",
         "calls",
         "last_status",
@@ -44,7 +62,7 @@ class EndpointDeliveryAdmin(ReadOnlyAdmin):
 class CallAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "endpoint", "event_type", "outcome", "status_code", "duration_ms")
     list_filter = ("outcome", "event_type")
-    search_fields = ("event_id", "endpoint__url")
+    search_fields = ("event_id",)
     readonly_fields = (
         "endpoint",
         "event_id",
@@ -52,6 +70,7 @@ class CallAdmin(ReadOnlyAdmin):
         "outcome",
         "status_code",
         "error",
+        "response_body",
         "duration_ms",
         "created_at",
     )

@@ -1,21 +1,41 @@
-"""The webhooks consumer, declared once; ``events`` finds this module and builds its task.
+"""The webhooks consumers, declared once; ``events`` finds this module and builds their tasks.
 
-Its name is written here and nowhere else: other code that needs it reads
-``webhooks.consumer.consumer.name`` (imported where used, as this module imports the handlers).
+Two consumers, so that one endpoint never delays another:
+
+- ``webhooks`` fans each upload event out: in its finishing transaction it records one
+  ``webhook.call`` event per subscribed endpoint. Database work only, quick.
+- ``webhook_calls`` makes exactly one HTTP call per delivery. Each call is its own
+  delivery with its own retries, backoff and dead letter; a slow endpoint holds one
+  process for at most ``WEBHOOKS_CALL_DEADLINE_SECONDS``.
+
+Their names are written here and nowhere else: other code reads ``fan_out.name`` and
+``calls.name`` (imported where used, as this module imports the handlers).
 """
 
 from events import Consumer, register_consumer
 from webhooks import handlers
+from webhooks.events import WEBHOOK_CALL
 from webhooks.services import EVENT_TYPES
 
-consumer = register_consumer(
+fan_out = register_consumer(
     Consumer(
         name="webhooks",
         queue="webhooks",
-        handlers=dict.fromkeys(EVENT_TYPES, handlers.send_event),
-        # Each endpoint may take its connect and read timeouts (3 + 10 s); a user has few.
-        time_limit=120,
-        soft_time_limit=100,
+        handlers=dict.fromkeys(EVENT_TYPES, handlers.fan_out),
+        time_limit=30,
+        soft_time_limit=20,
+    )
+)
+
+calls = register_consumer(
+    Consumer(
+        name="webhook_calls",
+        queue="webhook_calls",
+        handlers={WEBHOOK_CALL: handlers.call},
+        # One call takes at most WEBHOOKS_CALL_DEADLINE_SECONDS (10 by default) plus a
+        # few statements; keep that deadline well below the soft limit.
+        time_limit=60,
+        soft_time_limit=45,
         # Calls mostly wait on the network: more processes than cores pay off.
         concurrency=4,
     )

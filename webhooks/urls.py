@@ -12,4 +12,7 @@ urlpatterns = [
     path("", views.endpoints, name="endpoints"),
     path("<int:endpoint_id>/delete/", views.delete, name="delete"),
     path("<int:endpoint_id>/ping/", views.ping, name="ping"),
+    path("<int:endpoint_id>/rotate/", views.rotate, name="rotate"),
+    path("<int:endpoint_id>/enable/", views.enable, name="enable"),
+    path("<int:endpoint_id>/types/", views.event_types, name="types"),
 ]

@@ -258,6 +258,13 @@ EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 # (when added, and at send time against the address connected to) unless this is true:
 # for tests and receivers on your own machine, never on a server others can add URLs to.
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", default=False)
+# One webhook call (connect, send, the whole answer) must fit in this many seconds, or it
+# is a transient failure: read timeouts alone let a trickling receiver hold a worker.
+WEBHOOKS_CALL_DEADLINE_SECONDS = env.float("WEBHOOKS_CALL_DEADLINE_SECONDS", default=10.0)
+# An endpoint whose calls have all failed for this long is disabled and its owner mailed.
+WEBHOOKS_DISABLE_AFTER_DAYS = env.float("WEBHOOKS_DISABLE_AFTER_DAYS", default=5.0)
+# After a secret rotation the old secret keeps signing (a second signature) this long.
+WEBHOOKS_SECRET_OVERLAP_HOURS = env.float("WEBHOOKS_SECRET_OVERLAP_HOURS", default=24.0)
 
 # ------------------------------------------------------------------------------
 # Metrics (monitoring/metrics.py): /metrics needs "Authorization: Bearer <token>" and is a
@@ -306,6 +313,10 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # django-axes announces itself at every process start; its lock-outs still log.
         "axes.apps": {"level": "WARNING"},
+        # httpx logs every request's full URL at INFO; a webhook URL may carry a secret
+        # in its path or user part (webhooks log the endpoint id instead).
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
         # Django's own console handler on "django" would print each record a second
         # time (without the ids) before it propagates to the root handler above.
         "django": {"handlers": [], "level": "INFO", "propagate": True},

@@ -55,6 +55,8 @@ CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:1/0
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True
 # A slow receiver times out in a test without a ten-second wait.
 WEBHOOKS_READ_TIMEOUT_SECONDS = 1.5
+# A trickling receiver is cut off within a test's patience.
+WEBHOOKS_CALL_DEADLINE_SECONDS = 3.0
 
 # Debug is off in tests as in production, which turns the HTTPS defaults on; the test
 # client speaks plain HTTP. tests/test_deploy_check.py covers the production values.

@@ -41,6 +41,6 @@ class Command(BaseCommand):
         except EndpointRefused as exc:
             raise CommandError(f"endpoint refused: {exc}") from None
         types = ", ".join(endpoint.event_types) or "all event types"
-        self.stdout.write(f"endpoint {endpoint.pk} for {owner}: {endpoint.url} ({types})")
+        self.stdout.write(f"{endpoint} for {owner}: {types}")
         self.stdout.write("signing secret (shown once, keep it with the receiver):")
         self.stdout.write(endpoint.secret)
