@@ -102,7 +102,7 @@ def test_forced_reenqueue_of_a_done_delivery_changes_nothing(live_worker):
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe_peer").count() == 1
 
 
-def test_transient_failures_are_retried_with_backoff_until_success(live_worker):
+def test_transient_failures_are_retried_with_backoff_until_success(live_worker, running_relay):
     event = publish_probe(transient_failures={"probe": 2})
 
     assert wait_for(lambda: settled(event), what="retries") == {
@@ -129,7 +129,7 @@ def test_permanent_error_goes_dead_at_once_and_does_not_block_other_consumers(li
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe_peer").count() == 1
 
 
-def test_exhausted_retries_go_dead_with_the_reason_and_attempt_count(live_worker):
+def test_exhausted_retries_go_dead_with_the_reason_and_attempt_count(live_worker, running_relay):
     event = publish_probe(transient_failures={"probe": 99})
 
     assert wait_for(lambda: settled(event), what="retries to run out")["probe"] == "dead"

@@ -10,6 +10,7 @@ the database, so attempts that died before recording anything still count.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import time
@@ -23,10 +24,13 @@ import redis
 from celery import current_app
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
+from django.utils import timezone
 
 from audit.models import AuditEntry
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
+from events.registry import all_consumers
+from events.relay import retire_orphans
 from indexing.models import IndexEntry
 from notifications.models import Notification
 from tests.conftest import BeatLoop, RelayLoop
@@ -267,16 +271,22 @@ def test_redis_restarted_empty_under_running_workers_loses_nothing(
 # ------------------------------------------------------------------------------
 # The relay never stalls, and nothing after commit undoes it
 # ------------------------------------------------------------------------------
-def test_an_orphan_before_fifty_unsent_deliveries_goes_dead_and_the_fifty_are_delivered(
+def test_an_orphan_before_fifty_unsent_deliveries_never_holds_them_up_and_goes_dead_when_retired(
     live_worker: CeleryWorker,
 ):
     with mock.patch("events.outbox.publish_committed"):  # never published
         orphan = publish_fault()
-        Delivery.objects.filter(event=orphan).update(consumer="retired")
+        Delivery.objects.filter(event=orphan).update(
+            consumer="retired", created_at=timezone.now() - dt.timedelta(hours=2)
+        )
         events = [publish_fault() for _ in range(50)]
     with RelayLoop():
         wait_for(lambda: all_done(events), timeout=60, what="the fifty")
     assert_each_done_once(events)
+    assert Delivery.objects.get(event=orphan).state == "pending"  # left alone by the sends
+
+    retire_orphans(all_consumers())  # what each relay does ten times per grace (an hour)
+
     dead = Delivery.objects.get(event=orphan)
     assert (dead.state, dead.last_error) == ("dead", "consumer no longer registered")
 

@@ -582,7 +582,7 @@ def test_keyset_pages_cover_events_that_share_a_timestamp_exactly_once(db, publi
 # Through a real worker
 # ------------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
-def test_replayed_dead_delivery_is_done_by_the_worker(live_worker):
+def test_replayed_dead_delivery_is_done_by_the_worker(live_worker, running_relay):
     # given a delivery whose failures outlasted its retries (4 tries) and then cleared up
     event = publish_probe(transient_failures={"probe": 4})
     assert wait_for(lambda: settled(event), what="retries to run out")["probe"] == "dead"

@@ -313,3 +313,24 @@ def test_a_tombstone_stays_while_an_event_of_its_upload_is_kept(user):
     # that keeps its replay from indexing the deleted upload again.
     assert list(Event.objects.values_list("type", flat=True)) == ["file.uploaded"]
     assert IndexEntry.objects.filter(upload_id=upload_id, deleted=True).exists()
+
+
+@pytest.mark.django_db
+def test_retention_drops_webhook_rows_of_pruned_events_and_old_calls_by_age(user):
+    from webhooks.models import Call, Endpoint, EndpointDelivery
+
+    event = uploaded_event(user)
+    finish(event)
+    endpoint = Endpoint.objects.create(owner=user, url="http://127.0.0.1:9/hook", secret="s")
+    EndpointDelivery.objects.create(event_id=event.pk, endpoint=endpoint, state="delivered")
+    Call.objects.create(
+        endpoint=endpoint, event_id=event.pk, event_type="file.uploaded", outcome="delivered"
+    )
+    ping = Call.objects.create(endpoint=endpoint, event_type="ping", outcome="delivered")
+    Call.objects.filter(pk=ping.pk).update(created_at=timezone.now() - dt.timedelta(days=40))
+    age(Event.objects.all(), days=40)
+
+    prune_old_events()
+
+    assert not EndpointDelivery.objects.exists()
+    assert not Call.objects.exists()

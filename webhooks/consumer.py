@@ -13,7 +13,7 @@ Their names are written here and nowhere else: other code reads ``fan_out.name``
 """
 
 from events import Consumer, register_consumer
-from webhooks import handlers
+from webhooks import handlers, services
 from webhooks.events import WEBHOOK_CALL
 from webhooks.services import EVENT_TYPES
 
@@ -38,5 +38,7 @@ calls = register_consumer(
         soft_time_limit=45,
         # Calls mostly wait on the network: more processes than cores pay off.
         concurrency=4,
+        forget_events=services.forget_calls,
+        prune_before=services.prune_calls_before,
     )
 )

@@ -58,7 +58,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
-from events import Envelope, TransientError, record_event
+from events import Envelope, Forgotten, TransientError, record_event
 from events.exceptions import DeliveryBusy
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from webhooks import transport
@@ -573,3 +573,17 @@ def prune_calls(*, older_than: dt.datetime, chunk_size: int = PRUNE_CHUNK) -> in
             with transaction.atomic():
                 deleted += queryset.model.objects.filter(pk__in=ids).delete()[0]
     return deleted
+
+
+def forget_calls(pruned: Forgotten) -> int:
+    """Retention: drop the endpoint rows and logged calls of events being pruned."""
+    ids = pruned.event_ids
+    return (
+        EndpointDelivery.objects.filter(event_id__in=ids).delete()[0]
+        + Call.objects.filter(event_id__in=ids).delete()[0]
+    )
+
+
+def prune_calls_before(cutoff: dt.datetime) -> int:
+    """Retention by age (``Consumer.prune_before``): see ``prune_calls``."""
+    return prune_calls(older_than=cutoff)
