@@ -42,7 +42,7 @@ from enum import StrEnum
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from events.delivery import run_delivery
 from events.models import Delivery, Event
@@ -289,9 +289,10 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
     them to this process for ``INLINE_HOLD``.
     """
     _count_plan(plan, report)
-    now = timezone.now()
-    # Marked sent a while ahead, so the relay leaves them to this process meanwhile.
-    claimed_at = now + INLINE_HOLD if report.mode is Mode.INLINE else None
+    # Marked sent a while ahead, so the relay leaves them to this process meanwhile. On
+    # the database's clock: the relay compares enqueued_at with it, and this host's clock
+    # may be minutes off (issue 17 problem 7).
+    claimed_at = Now() + INLINE_HOLD if report.mode is Mode.INLINE else None
     to_deliver: list[Delivery] = []
 
     backfill = [
@@ -331,7 +332,7 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
             enqueued_at=claimed_at,
             # Unconfirmed: if its publish fails, the relay sends it (events.relay).
             broker_epoch="",
-            updated_at=now,
+            updated_at=Now(),
         )
     resend_ids = [d.pk for a, _, _, d in plan if a is Action.RESEND and d]
     if resend_ids and claimed_at is not None:

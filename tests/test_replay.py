@@ -20,11 +20,13 @@ from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
+import housekeeping.replay
 from audit.models import AuditEntry
 from events import registry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.outbox import record_event
 from events.registry import Consumer, register_consumer
+from events.relay import lost_deliveries
 from events.schemas import Envelope
 from housekeeping.replay import Mode, ReplaySelection, replay_events, selected_events
 from notifications.models import Notification
@@ -606,3 +608,30 @@ def test_replayed_dead_delivery_is_done_by_the_worker(live_worker):
     ]
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe").count() == 1
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe_peer").count() == 1
+
+
+def test_inline_hold_is_counted_on_the_database_clock_not_the_host_clock(
+    db, published, replay, monkeypatch
+):
+    # given a host whose clock is ten minutes behind the database's (the relay compares
+    # the hold with the database clock), and a dead delivery to replay inline
+    event = probe_event()
+    set_state(event, "dead", consumer="probe")
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - dt.timedelta(minutes=10))
+    seen_by_relay: list[bool] = []
+    real_run = housekeeping.replay.run_delivery
+
+    def run_and_look(**kwargs: Any):
+        # The moment the inline run starts: the relay must leave this delivery to it.
+        seen_by_relay.append(lost_deliveries(epoch="any").filter(pk=kwargs["delivery_id"]).exists())
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(housekeeping.replay, "run_delivery", run_and_look)
+
+    # when it is replayed inline
+    replay("--inline", "--dead", "--consumer", "probe")
+
+    # then the relay did not see it as lost while this process held it
+    assert seen_by_relay == [False]
+    assert Delivery.objects.get(event=event, consumer="probe").state == "done"
