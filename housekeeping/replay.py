@@ -15,7 +15,8 @@ What happens to one (event, consumer) pair, where the consumer handles the event
 * ``done``: skipped, unless ``force``, which resets it to ``pending`` and re-sends it.
 
 ``dead_only`` narrows that to dead deliveries (no backfill, nothing open); ``force``
-still adds done ones. A reset keeps ``attempts`` and ``last_error`` and every
+still adds done ones. ``error_contains`` narrows it to deliveries whose ``last_error``
+contains a text (case-insensitive), so it never backfills either. A reset keeps ``attempts`` and ``last_error`` and every
 ``DeliveryAttempt`` row: the history of what happened stays readable. Because attempts
 are kept, a replayed delivery that had used up its consumer's ``max_attempts`` gets one
 more try and goes dead again at once if that try fails.
@@ -90,6 +91,8 @@ class ReplaySelection:
     upload_ids: tuple[int, ...] = ()
     dead_only: bool = False
     force: bool = False
+    # Only deliveries whose last error contains this text (case-insensitive); "": any.
+    error_contains: str = ""
 
     def handled_types(self) -> list[str]:
         """The event types to read: those asked for that a selected consumer handles."""
@@ -161,18 +164,26 @@ def selected_events(selection: ReplaySelection) -> QuerySet[Event]:
         events = events.filter(id__in=selection.event_ids)
     if selection.upload_ids:
         events = events.filter(aggregate_id__in=[str(pk) for pk in selection.upload_ids])
-    if selection.dead_only:
-        # Reading only events with a dead delivery keeps --dead fast on a large log.
+    if selection.dead_only or selection.error_contains:
+        # Reading only events with a matching delivery keeps --dead fast on a large log.
         events = events.filter(
             Exists(
-                Delivery.objects.filter(
-                    event=OuterRef("pk"),
-                    state=Delivery.State.DEAD,
-                    consumer__in=selection.consumers,
+                _matching_deliveries(selection).filter(
+                    event=OuterRef("pk"), consumer__in=selection.consumers
                 )
             )
         )
     return events.only(*_EVENT_FIELDS).order_by()
+
+
+def _matching_deliveries(selection: ReplaySelection) -> QuerySet[Delivery]:
+    """The existing deliveries ``--dead`` and ``--error-contains`` narrow a replay to."""
+    deliveries = Delivery.objects.all()
+    if selection.dead_only:
+        deliveries = deliveries.filter(state=Delivery.State.DEAD)
+    if selection.error_contains:
+        deliveries = deliveries.filter(last_error__icontains=selection.error_contains)
+    return deliveries
 
 
 def count_selected_events(selection: ReplaySelection) -> int:
@@ -224,6 +235,9 @@ def _replay_chunk(
 ) -> None:
     names = [consumer.name for consumer in consumers]
     existing = Delivery.objects.filter(event_id__in=[e.pk for e in events], consumer__in=names)
+    if selection.error_contains:
+        # A pair whose delivery does not match is then planned as having no row: skipped.
+        existing = existing.filter(last_error__icontains=selection.error_contains)
     existing = existing.only("id", "event_id", "consumer", "state").order_by("pk")
     if report.mode is Mode.DRY_RUN:
         _count_plan(_plan_chunk(events, consumers, list(existing), selection), report)
@@ -253,6 +267,8 @@ def _plan_chunk(
             if not consumer.handles(event.type):
                 continue
             delivery = by_pair.get((event.pk, consumer.name))
+            if delivery is None and selection.error_contains:
+                continue  # no row, or one whose error does not match: nothing to backfill
             action = action_for(
                 delivery.state if delivery else None,
                 dead_only=selection.dead_only,

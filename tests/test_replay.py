@@ -216,6 +216,45 @@ def test_dead_flag_selects_only_dead_deliveries(db, published, replay):
     assert ledger_snapshot(event=pending) == untouched
 
 
+def test_error_contains_narrows_a_dead_replay_to_matching_last_errors(db, published, replay):
+    # given dead deliveries with different last errors, and a retrying one that matches
+    timed_out, refused, open_event = probe_event(), probe_event(), probe_event()
+    set_state(timed_out, "dead")
+    set_state(refused, "dead")
+    Delivery.objects.filter(event=timed_out, consumer="probe").update(
+        last_error="gave up after 4 attempts: SMTP Timeout after 30 s"
+    )
+    Delivery.objects.filter(event=open_event, consumer="probe").update(
+        state="retrying", last_error="smtp timeout"
+    )
+
+    # when the operator redrives the dead ones whose error says timeout (any case)
+    out = replay("--dead", "--error-contains", "timeout")
+
+    # then only that one delivery is reset and sent; the rest are left as they were
+    assert published.sent == [("probe", timed_out.id)]
+    assert Delivery.objects.get(event=timed_out, consumer="probe").state == "pending"
+    assert Delivery.objects.get(event=timed_out, consumer="probe_peer").state == "dead"
+    assert set(Delivery.objects.filter(event=refused).values_list("state", flat=True)) == {"dead"}
+    assert "probe: re-delivering 1 (0 missing created, 1 dead reset" in out
+    assert "probe_peer: re-delivering 0 " in out
+
+
+def test_error_contains_without_dead_resends_matching_open_ones_and_backfills_nothing(
+    db, published, replay
+):
+    stuck, other = probe_event(), probe_event()
+    Delivery.objects.filter(event=stuck, consumer="probe").update(
+        state="retrying", last_error="connection refused"
+    )
+    Delivery.objects.filter(event=other, consumer="probe_peer").delete()
+
+    replay("--error-contains", "REFUSED")
+
+    assert published.sent == [("probe", stuck.id)]
+    assert not Delivery.objects.filter(event=other, consumer="probe_peer").exists()
+
+
 def test_default_replay_resends_open_and_dead_deliveries_and_skips_done(db, published, replay):
     open_event, dead, done = probe_event(), probe_event(), probe_event()
     set_state(dead, "dead")
@@ -478,6 +517,7 @@ BAD_ARGUMENTS = [
     (["--upload", "12a"], "--upload: '12a' is not an upload id (a positive integer)"),
     (["--upload", "-3"], "--upload: '-3' is not an upload id (a positive integer)"),
     (["--chunk-size", "0"], "--chunk-size: '0' is not a positive integer"),
+    (["--error-contains", "  "], "--error-contains: give the text to look for"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 
