@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -137,6 +138,11 @@ class ReplayReport:
     consumers: dict[str, ConsumerTally] = field(default_factory=dict)
     # Written to the ledger but not published (broker down): the relay sends them later.
     unpublished: int = 0
+    # Delivery-id chunks (``redeliver_deliveries``): how many were written, the last id
+    # of the last one, and False when the time budget ran out before the selection did.
+    chunks: int = 0
+    last_pk: int = 0
+    finished: bool = True
 
     @property
     def broker_failed(self) -> bool:
@@ -403,27 +409,40 @@ def redeliver_deliveries(
     deliveries: QuerySet[Delivery],
     force: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    after_pk: int = 0,
+    states: Collection[str] | None = None,
+    max_seconds: float | None = None,
 ) -> ReplayReport:
     """Re-send the given deliveries to their consumers' queues (publish mode).
 
     Dead ones are reset to pending, open ones (pending or retrying, perhaps stuck) are
     re-sent as they are, done ones are skipped unless ``force``, which resets them too.
     Deliveries whose consumer is no longer registered are skipped. Works through the
-    selection by primary key, ``chunk_size`` at a time.
+    selection by primary key from ``after_pk`` on, ``chunk_size`` at a time, each chunk
+    in its own short transaction, so a large selection never holds the ledger long.
+
+    ``states``: a delivery whose state, read under the chunk's lock, is no longer one of
+    these is left alone (a bulk redrive of dead ones must not re-send one that a worker
+    finished meanwhile). ``max_seconds``: stop after the chunk that used the budget up;
+    the report then says ``finished=False`` and where to go on from (``last_pk``).
     """
     report = ReplayReport(mode=Mode.PUBLISH)
+    report.last_pk = after_pk
+    started = time.monotonic()
     registered = {consumer.name for consumer in all_consumers()}
     ids = deliveries.filter(consumer__in=registered).order_by("pk").values_list("pk", flat=True)
-    last_pk = 0
     while True:
-        chunk_ids = list(ids.filter(pk__gt=last_pk)[:chunk_size])
+        chunk_ids = list(ids.filter(pk__gt=report.last_pk)[:chunk_size])
         if not chunk_ids:
             return report
-        last_pk = chunk_ids[-1]
+        report.last_pk = chunk_ids[-1]
+        report.chunks += 1
+        locked = Delivery.objects.filter(pk__in=chunk_ids)
+        if states is not None:
+            locked = locked.filter(state__in=states)
         with transaction.atomic():
             rows = list(
-                Delivery.objects.select_for_update(of=("self",))
-                .filter(pk__in=chunk_ids)
+                locked.select_for_update(of=("self",))
                 .select_related("event")
                 .defer("event__payload")
                 .order_by("pk")
@@ -435,3 +454,7 @@ def redeliver_deliveries(
                     plan.append((action, row.event, row.consumer, row))
             _write_plan(plan, report)
         report.events_scanned += len({row.event_id for row in rows})
+        # Checked after a chunk, so every run makes progress whatever its budget.
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            report.finished = len(chunk_ids) < chunk_size
+            return report

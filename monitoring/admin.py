@@ -7,10 +7,12 @@ re-delivery takes the same path (ledger lock, dedupe, retries) as a first delive
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
@@ -18,8 +20,10 @@ from django.utils.http import urlencode
 from django.utils.text import Truncator
 
 from events.models import Delivery, DeliveryAttempt, Event
+from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
 from housekeeping.replay import ReplayReport, redeliver_deliveries
 from monitoring.charts import overview_charts
+from monitoring.forms import BulkRedriveForm
 from monitoring.selectors import (
     FINISHED_STATES,
     delivery_state_names,
@@ -29,6 +33,7 @@ from monitoring.selectors import (
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
+BULK_REDRIVE_TEMPLATE = "admin/events/bulk_redrive.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -216,6 +221,90 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
         return super().get_queryset(request).defer("event__payload")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "can_bulk_redrive": self.has_redeliver_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def get_urls(self) -> list[URLPattern]:
+        bulk = path(
+            "bulk-redrive/",
+            self.admin_site.admin_view(self.bulk_redrive_view),
+            name="events_delivery_bulk_redrive",
+        )
+        return [bulk, *super().get_urls()]
+
+    def bulk_redrive_view(self, request: HttpRequest) -> HttpResponse:
+        """Filter, see the count, confirm: then ``start_bulk_redrive`` runs it in a task.
+
+        A GET with filter values shows what they select (nothing changes); the POST of the
+        confirmation starts the redrive pinned to what was counted.
+        """
+        if not self.has_redeliver_permission(request):
+            raise PermissionDenied
+        count = None
+        if request.method == "POST":
+            form = BulkRedriveForm(request.POST)
+            if form.is_valid() and form.cleaned_data["up_to_pk"] is not None:
+                return self._start_bulk_redrive(request, form)
+        elif request.GET:
+            form = BulkRedriveForm(request.GET)
+            if form.is_valid():
+                count = count_redrive(form.redrive_filter())
+        else:
+            form = BulkRedriveForm()
+        confirm = None
+        if count is not None and count.total:
+            # The same filter, hidden, with the count that pins it: what the POST starts.
+            confirm = BulkRedriveForm(
+                initial={
+                    **form.cleaned_data,
+                    "up_to_pk": count.up_to_pk,
+                    "confirmed_count": count.total,
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Bulk redrive",
+            "opts": self.model._meta,
+            "form": form,
+            "count": count,
+            "count_rows": sorted(count.by_consumer_state.items()) if count else [],
+            "confirm": confirm,
+            "description": form.redrive_filter().describe() if count is not None else "",
+        }
+        return TemplateResponse(request, BULK_REDRIVE_TEMPLATE, context)
+
+    def _start_bulk_redrive(self, request: HttpRequest, form: BulkRedriveForm) -> HttpResponse:
+        redrive = form.redrive_filter()
+        confirmed = form.cleaned_data["confirmed_count"] or 0
+        try:
+            redrive_id = start_bulk_redrive(
+                redrive=redrive,
+                operator=request.user,  # type: ignore[arg-type]
+                confirmed_count=confirmed,
+            )
+        except RedriveNotStarted as exc:
+            self.message_user(
+                request,
+                f"The redrive was recorded but did not start: {exc}. Nothing was re-sent; "
+                "try again once the broker is back.",
+                messages.ERROR,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Bulk redrive {redrive_id} started: {confirmed} deliveries "
+                f"({redrive.describe()}), re-sent in chunks by the events worker. "
+                "It is recorded in the audit log.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:events_delivery_changelist"))
 
     @admin.display(description="event", ordering="event__occurred_at")
     def event_link(self, delivery: Delivery) -> str:
