@@ -16,22 +16,17 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from django.utils.http import urlencode
 from django.utils.text import Truncator
 
 from events.models import Delivery, DeliveryAttempt, Event
 from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
 from housekeeping.replay import ReplayReport, redeliver_deliveries
-from monitoring.charts import overview_charts
 from monitoring.forms import BulkRedriveForm
-from monitoring.selectors import (
-    FINISHED_STATES,
-    delivery_state_names,
-    ledger_by_consumer,
-    pipeline_status,
-)
+from monitoring.overview import can_bulk_redrive, can_view_overview, overview_context
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
+# The project's admin index: the events overview on top of admin's list of models.
+admin.site.index_template = "admin/events/index.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
 BULK_REDRIVE_TEMPLATE = "admin/events/bulk_redrive.html"
 
@@ -106,68 +101,17 @@ class EventAdmin(ReadOnlyAdmin):
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         """Per consumer, the ``event_status`` figures and charts of its last hour, and the
-        oldest waiting delivery."""
-        if not (
-            self.has_view_permission(request) and request.user.has_perm("events.view_delivery")  # type: ignore[union-attr]
-        ):
+        oldest waiting delivery (the same figures head the admin index)."""
+        if not can_view_overview(request.user):
             raise PermissionDenied
-        ledgers = ledger_by_consumer()
-        status = pipeline_status(ledgers)
-        changelist = reverse("admin:events_delivery_changelist")
-        # Every stored state, ``running`` included: operators see what holds a lease.
-        states = delivery_state_names()
-        rows = []
-        for name, figures in status["consumers"].items():
-            cells = [
-                (
-                    ledgers[name].counts[state],
-                    f"{changelist}?{urlencode({'consumer': name, 'state__exact': state})}",
-                )
-                for state in states
-            ]
-            rows.append(
-                {
-                    "consumer": name,
-                    "cells": cells,
-                    "oldest_pending": format_age(figures["oldest_pending_seconds"]),
-                    "has_dead": figures["dead"] > 0,
-                }
-            )
-        oldest = (
-            Delivery.objects.exclude(state__in=FINISHED_STATES)
-            .select_related("event")
-            .defer("event__payload")
-            .order_by("created_at", "pk")
-            .first()
-        )
         context = {
             **self.admin_site.each_context(request),
             "title": "Events overview",
             "opts": self.model._meta,
-            "events": status["events"],
-            "states": states,
-            "rows": rows,
-            "charts": overview_charts(consumers=list(status["consumers"])),
-            "oldest": oldest,
-            "oldest_url": (
-                reverse("admin:events_delivery_change", args=[oldest.pk]) if oldest else ""
-            ),
-            "event_status": status,
+            "can_bulk_redrive": can_bulk_redrive(request.user),
+            **overview_context(),
         }
         return TemplateResponse(request, OVERVIEW_TEMPLATE, context)
-
-
-def format_age(seconds: float | None) -> str:
-    """``95.2`` → ``"1 min 35 s"``; ``None`` → ``"-"`` (nothing waits)."""
-    if seconds is None:
-        return "-"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
-    shown = [f"{value} {unit}" for value, unit in parts if value]
-    return " ".join(shown[:2]) or "0 s"
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -322,9 +266,8 @@ class DeliveryAdmin(ReadOnlyAdmin):
         return Truncator(delivery.last_error).chars(60)
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
-        # Re-sending changes the ledger, so it takes the change permission that the
-        # read-only admin otherwise never uses.
-        return request.user.has_perm("events.change_delivery")  # type: ignore[union-attr]
+        # The change permission, which the read-only admin otherwise never uses.
+        return can_bulk_redrive(request.user)
 
     @admin.action(
         description="Redeliver selected deliveries (dead or stuck ones; done ones are skipped)",
