@@ -1,8 +1,10 @@
-"""Admin for the event log and the delivery ledger, and the events overview page.
+"""Admin for the event log and the delivery ledger, the events overview and bulk redrive.
 
 History is read-only: events and delivery rows are never edited by hand. The only
-writes are the two delivery actions, which go through ``housekeeping.replay`` so a
-re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
+writes are the two delivery actions and the bulk redrive, which go through
+``housekeeping.replay`` (the bulk redrive through ``housekeeping.redrive``, in a task) so
+a re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
+The overview also heads the admin index (``admin/events/index.html``).
 """
 
 from __future__ import annotations
