@@ -16,8 +16,9 @@ What happens to one (event, consumer) pair, where the consumer handles the event
 
 ``dead_only`` narrows that to dead deliveries (no backfill, nothing open); ``force``
 still adds done ones. ``error_contains`` narrows it to deliveries whose ``last_error``
-contains a text (case-insensitive), so it never backfills either. A reset keeps ``attempts`` and ``last_error`` and every
-``DeliveryAttempt`` row: the history of what happened stays readable. Because attempts
+contains a text (case-insensitive), so it never backfills either. A reset keeps
+``attempts`` and ``last_error`` and every ``DeliveryAttempt`` row: the history of what
+happened stays readable. Because attempts
 are kept, a replayed delivery that had used up its consumer's ``max_attempts`` gets one
 more try and goes dead again at once if that try fails.
 
