@@ -12,7 +12,8 @@ deliveries take the very path a single redeliver takes (same reset, same publish
 relay for anything the broker refused).
 
 The confirmed selection is pinned by ``up_to_pk``, the newest delivery id when it was
-counted: a delivery that dies after the operator confirmed is not swept up unseen.
+counted: the deliveries of events stored after the operator confirmed are not swept up
+unseen.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def start_bulk_redrive(
     if connection.in_atomic_block:
         raise RuntimeError("start_bulk_redrive() must not run inside a transaction")
     if redrive.up_to_pk is None:
-        # Not pinned by a count: pin it now, so what dies while it runs is not chased.
+        # Not pinned by a count: pin it now, so newer events' deliveries are left out.
         redrive = replace(redrive, up_to_pk=count_redrive(redrive).up_to_pk or 0)
     redrive_id = uuid.uuid4()
     with transaction.atomic():
