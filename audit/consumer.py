@@ -6,13 +6,18 @@ Its name is written here and nowhere else: other code that needs it reads
 
 from audit import handlers
 from events import Consumer, register_consumer
+from housekeeping.events import OPERATOR_REDRIVE
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
     Consumer(
         name="audit",
         queue="audit",
-        handlers={FILE_UPLOADED: handlers.record, FILE_DELETED: handlers.record},
+        handlers={
+            FILE_UPLOADED: handlers.record,
+            FILE_DELETED: handlers.record,
+            OPERATOR_REDRIVE: handlers.record_operator_action,
+        },
         # Concurrent appends that lose the race for the chain head retry quickly.
         max_attempts=12,
         # One process: concurrent appends would only race for the head of the hash chain.

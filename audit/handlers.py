@@ -9,3 +9,9 @@ from events import Envelope
 def record(envelope: Envelope) -> None:
     """Append every event to the audit chain."""
     append_entry(envelope)
+
+
+def record_operator_action(envelope: Envelope) -> None:
+    """Append an operator's bulk action with what it selected (the event's payload):
+    the event log is pruned in time, the audit log never."""
+    append_entry(envelope, detail=dict(envelope.payload))

@@ -22,6 +22,10 @@ class AuditEntry(models.Model):
     payload_digest = models.CharField(max_length=64)
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField()
+    # What an operator's bulk action selected (``operator.*`` events: who, which filter,
+    # how many confirmed), kept here because retention prunes the event log. Empty for
+    # file events; then it is left out of the hash, so older entries keep theirs.
+    detail = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64, unique=True)
     hash = models.CharField(max_length=64, unique=True)
 

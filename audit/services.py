@@ -48,11 +48,16 @@ def entry_hash(entry: AuditEntry) -> str:
         "recorded_at": entry.recorded_at.isoformat(),
         "prev_hash": entry.prev_hash,
     }
+    if entry.detail:
+        # Only when present: entries without it hash exactly as before the field existed.
+        content["detail"] = entry.detail
     return hashlib.sha256(_canonical(content).encode()).hexdigest()
 
 
-def append_entry(envelope: Envelope) -> AuditEntry:
+def append_entry(envelope: Envelope, *, detail: dict | None = None) -> AuditEntry:
     """Append ``envelope`` to the chain once; a replayed event returns its existing entry.
+
+    ``detail`` (JSON) is stored in the entry and covered by its hash.
 
     Must run inside a transaction. On PostgreSQL an advisory lock serializes appends;
     on SQLite the immediate transaction already does. The unique ``prev_hash`` is the
@@ -73,6 +78,8 @@ def append_entry(envelope: Envelope) -> AuditEntry:
         actor=envelope.actor,
         upload_id=envelope.aggregate_id,
         payload_digest=payload_digest(dict(envelope.payload)),
+        # Round-tripped through JSON now, so the hash is computed over what is stored.
+        detail=json.loads(_canonical(detail or {})),
         occurred_at=envelope.occurred_at,
         recorded_at=timezone.now(),
         prev_hash=prev_hash,

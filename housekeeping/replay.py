@@ -15,8 +15,10 @@ What happens to one (event, consumer) pair, where the consumer handles the event
 * ``done``: skipped, unless ``force``, which resets it to ``pending`` and re-sends it.
 
 ``dead_only`` narrows that to dead deliveries (no backfill, nothing open); ``force``
-still adds done ones. A reset keeps ``attempts`` and ``last_error`` and every
-``DeliveryAttempt`` row: the history of what happened stays readable. Because attempts
+still adds done ones. ``error_contains`` narrows it to deliveries whose ``last_error``
+contains a text (case-insensitive), so it never backfills either. A reset keeps
+``attempts`` and ``last_error`` and every ``DeliveryAttempt`` row: the history of what
+happened stays readable. Because attempts
 are kept, a replayed delivery that had used up its consumer's ``max_attempts`` gets one
 more try and goes dead again at once if that try fails.
 
@@ -34,15 +36,16 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from events.delivery import run_delivery
 from events.models import Delivery, Event
@@ -90,6 +93,8 @@ class ReplaySelection:
     upload_ids: tuple[int, ...] = ()
     dead_only: bool = False
     force: bool = False
+    # Only deliveries whose last error contains this text (case-insensitive); "": any.
+    error_contains: str = ""
 
     def handled_types(self) -> list[str]:
         """The event types to read: those asked for that a selected consumer handles."""
@@ -134,6 +139,11 @@ class ReplayReport:
     consumers: dict[str, ConsumerTally] = field(default_factory=dict)
     # Written to the ledger but not published (broker down): the relay sends them later.
     unpublished: int = 0
+    # Delivery-id chunks (``redeliver_deliveries``): how many were written, the last id
+    # of the last one, and False when the time budget ran out before the selection did.
+    chunks: int = 0
+    last_pk: int = 0
+    finished: bool = True
 
     @property
     def broker_failed(self) -> bool:
@@ -161,18 +171,26 @@ def selected_events(selection: ReplaySelection) -> QuerySet[Event]:
         events = events.filter(id__in=selection.event_ids)
     if selection.upload_ids:
         events = events.filter(aggregate_id__in=[str(pk) for pk in selection.upload_ids])
-    if selection.dead_only:
-        # Reading only events with a dead delivery keeps --dead fast on a large log.
+    if selection.dead_only or selection.error_contains:
+        # Reading only events with a matching delivery keeps --dead fast on a large log.
         events = events.filter(
             Exists(
-                Delivery.objects.filter(
-                    event=OuterRef("pk"),
-                    state=Delivery.State.DEAD,
-                    consumer__in=selection.consumers,
+                _matching_deliveries(selection).filter(
+                    event=OuterRef("pk"), consumer__in=selection.consumers
                 )
             )
         )
     return events.only(*_EVENT_FIELDS).order_by()
+
+
+def _matching_deliveries(selection: ReplaySelection) -> QuerySet[Delivery]:
+    """The existing deliveries ``--dead`` and ``--error-contains`` narrow a replay to."""
+    deliveries = Delivery.objects.all()
+    if selection.dead_only:
+        deliveries = deliveries.filter(state=Delivery.State.DEAD)
+    if selection.error_contains:
+        deliveries = deliveries.filter(last_error__icontains=selection.error_contains)
+    return deliveries
 
 
 def count_selected_events(selection: ReplaySelection) -> int:
@@ -224,6 +242,9 @@ def _replay_chunk(
 ) -> None:
     names = [consumer.name for consumer in consumers]
     existing = Delivery.objects.filter(event_id__in=[e.pk for e in events], consumer__in=names)
+    if selection.error_contains:
+        # A pair whose delivery does not match is then planned as having no row: skipped.
+        existing = existing.filter(last_error__icontains=selection.error_contains)
     existing = existing.only("id", "event_id", "consumer", "state").order_by("pk")
     if report.mode is Mode.DRY_RUN:
         _count_plan(_plan_chunk(events, consumers, list(existing), selection), report)
@@ -253,6 +274,8 @@ def _plan_chunk(
             if not consumer.handles(event.type):
                 continue
             delivery = by_pair.get((event.pk, consumer.name))
+            if delivery is None and selection.error_contains:
+                continue  # no row, or one whose error does not match: nothing to backfill
             action = action_for(
                 delivery.state if delivery else None,
                 dead_only=selection.dead_only,
@@ -289,9 +312,10 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
     them to this process for ``INLINE_HOLD``.
     """
     _count_plan(plan, report)
-    now = timezone.now()
-    # Marked sent a while ahead, so the relay leaves them to this process meanwhile.
-    claimed_at = now + INLINE_HOLD if report.mode is Mode.INLINE else None
+    # Marked sent a while ahead, so the relay leaves them to this process meanwhile. On
+    # the database's clock: the relay compares enqueued_at with it, and this host's clock
+    # may be minutes off (issue 17 problem 7).
+    claimed_at = Now() + INLINE_HOLD if report.mode is Mode.INLINE else None
     to_deliver: list[Delivery] = []
 
     backfill = [
@@ -332,7 +356,7 @@ def _write_plan(plan: list[PlanItem], report: ReplayReport) -> list[Delivery]:
             # so the fence and the attempt history stay unique.
             attempts_at_redrive=F("attempts"),
             enqueued_at=claimed_at,
-            updated_at=now,
+            updated_at=Now(),
         )
     resend_ids = [d.pk for a, _, _, d in plan if a is Action.RESEND and d]
     if resend_ids and claimed_at is not None:
@@ -387,27 +411,40 @@ def redeliver_deliveries(
     deliveries: QuerySet[Delivery],
     force: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    after_pk: int = 0,
+    states: Collection[str] | None = None,
+    max_seconds: float | None = None,
 ) -> ReplayReport:
     """Re-send the given deliveries to their consumers' queues (publish mode).
 
     Dead ones are reset to pending, open ones (pending or retrying, perhaps stuck) are
     re-sent as they are, done ones are skipped unless ``force``, which resets them too.
     Deliveries whose consumer is no longer registered are skipped. Works through the
-    selection by primary key, ``chunk_size`` at a time.
+    selection by primary key from ``after_pk`` on, ``chunk_size`` at a time, each chunk
+    in its own short transaction, so a large selection never holds the ledger long.
+
+    ``states``: a delivery whose state, read under the chunk's lock, is no longer one of
+    these is left alone (a bulk redrive of dead ones must not re-send one that a worker
+    finished meanwhile). ``max_seconds``: stop after the chunk that used the budget up;
+    the report then says ``finished=False`` and where to go on from (``last_pk``).
     """
     report = ReplayReport(mode=Mode.PUBLISH)
+    report.last_pk = after_pk
+    started = time.monotonic()
     registered = {consumer.name for consumer in all_consumers()}
     ids = deliveries.filter(consumer__in=registered).order_by("pk").values_list("pk", flat=True)
-    last_pk = 0
     while True:
-        chunk_ids = list(ids.filter(pk__gt=last_pk)[:chunk_size])
+        chunk_ids = list(ids.filter(pk__gt=report.last_pk)[:chunk_size])
         if not chunk_ids:
             return report
-        last_pk = chunk_ids[-1]
+        report.last_pk = chunk_ids[-1]
+        report.chunks += 1
+        locked = Delivery.objects.filter(pk__in=chunk_ids)
+        if states is not None:
+            locked = locked.filter(state__in=states)
         with transaction.atomic():
             rows = list(
-                Delivery.objects.select_for_update(of=("self",))
-                .filter(pk__in=chunk_ids)
+                locked.select_for_update(of=("self",))
                 .select_related("event")
                 .defer("event__payload")
                 .order_by("pk")
@@ -419,3 +456,7 @@ def redeliver_deliveries(
                     plan.append((action, row.event, row.consumer, row))
             _write_plan(plan, report)
         report.events_scanned += len({row.event_id for row in rows})
+        # Checked after a chunk, so every run makes progress whatever its budget.
+        if max_seconds is not None and time.monotonic() - started >= max_seconds:
+            report.finished = len(chunk_ids) < chunk_size
+            return report

@@ -1,34 +1,36 @@
-"""Admin for the event log and the delivery ledger, and the events overview page.
+"""Admin for the event log and the delivery ledger, the events overview and bulk redrive.
 
 History is read-only: events and delivery rows are never edited by hand. The only
-writes are the two delivery actions, which go through ``housekeeping.replay`` so a
-re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
+writes are the two delivery actions and the bulk redrive, which go through
+``housekeeping.replay`` (the bulk redrive through ``housekeeping.redrive``, in a task) so
+a re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
+The overview also heads the admin index (``admin/events/index.html``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
-from django.utils.http import urlencode
 from django.utils.text import Truncator
 
 from events.models import Delivery, DeliveryAttempt, Event
+from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
 from housekeeping.replay import ReplayReport, redeliver_deliveries
-from monitoring.charts import overview_charts
-from monitoring.selectors import (
-    FINISHED_STATES,
-    delivery_state_names,
-    ledger_by_consumer,
-    pipeline_status,
-)
+from monitoring.forms import BulkRedriveForm
+from monitoring.overview import can_bulk_redrive, can_view_overview, overview_context
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
+# The project's admin index: the events overview on top of admin's list of models.
+admin.site.index_template = "admin/events/index.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
+BULK_REDRIVE_TEMPLATE = "admin/events/bulk_redrive.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -101,68 +103,17 @@ class EventAdmin(ReadOnlyAdmin):
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         """Per consumer, the ``event_status`` figures and charts of its last hour, and the
-        oldest waiting delivery."""
-        if not (
-            self.has_view_permission(request) and request.user.has_perm("events.view_delivery")  # type: ignore[union-attr]
-        ):
+        oldest waiting delivery (the same figures head the admin index)."""
+        if not can_view_overview(request.user):
             raise PermissionDenied
-        ledgers = ledger_by_consumer()
-        status = pipeline_status(ledgers)
-        changelist = reverse("admin:events_delivery_changelist")
-        # Every stored state, ``running`` included: operators see what holds a lease.
-        states = delivery_state_names()
-        rows = []
-        for name, figures in status["consumers"].items():
-            cells = [
-                (
-                    ledgers[name].counts[state],
-                    f"{changelist}?{urlencode({'consumer': name, 'state__exact': state})}",
-                )
-                for state in states
-            ]
-            rows.append(
-                {
-                    "consumer": name,
-                    "cells": cells,
-                    "oldest_pending": format_age(figures["oldest_pending_seconds"]),
-                    "has_dead": figures["dead"] > 0,
-                }
-            )
-        oldest = (
-            Delivery.objects.exclude(state__in=FINISHED_STATES)
-            .select_related("event")
-            .defer("event__payload")
-            .order_by("created_at", "pk")
-            .first()
-        )
         context = {
             **self.admin_site.each_context(request),
             "title": "Events overview",
             "opts": self.model._meta,
-            "events": status["events"],
-            "states": states,
-            "rows": rows,
-            "charts": overview_charts(consumers=list(status["consumers"])),
-            "oldest": oldest,
-            "oldest_url": (
-                reverse("admin:events_delivery_change", args=[oldest.pk]) if oldest else ""
-            ),
-            "event_status": status,
+            "can_bulk_redrive": can_bulk_redrive(request.user),
+            **overview_context(),
         }
         return TemplateResponse(request, OVERVIEW_TEMPLATE, context)
-
-
-def format_age(seconds: float | None) -> str:
-    """``95.2`` → ``"1 min 35 s"``; ``None`` → ``"-"`` (nothing waits)."""
-    if seconds is None:
-        return "-"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
-    shown = [f"{value} {unit}" for value, unit in parts if value]
-    return " ".join(shown[:2]) or "0 s"
 
 
 class DeliveryAttemptInline(admin.TabularInline):
@@ -217,6 +168,90 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Delivery]:
         return super().get_queryset(request).defer("event__payload")
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "can_bulk_redrive": self.has_redeliver_permission(request),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def get_urls(self) -> list[URLPattern]:
+        bulk = path(
+            "bulk-redrive/",
+            self.admin_site.admin_view(self.bulk_redrive_view),
+            name="events_delivery_bulk_redrive",
+        )
+        return [bulk, *super().get_urls()]
+
+    def bulk_redrive_view(self, request: HttpRequest) -> HttpResponse:
+        """Filter, see the count, confirm: then ``start_bulk_redrive`` runs it in a task.
+
+        A GET with filter values shows what they select (nothing changes); the POST of the
+        confirmation starts the redrive pinned to what was counted.
+        """
+        if not self.has_redeliver_permission(request):
+            raise PermissionDenied
+        count = None
+        if request.method == "POST":
+            form = BulkRedriveForm(request.POST)
+            if form.is_valid() and form.cleaned_data["up_to_pk"] is not None:
+                return self._start_bulk_redrive(request, form)
+        elif request.GET:
+            form = BulkRedriveForm(request.GET)
+            if form.is_valid():
+                count = count_redrive(form.redrive_filter())
+        else:
+            form = BulkRedriveForm()
+        confirm = None
+        if count is not None and count.total:
+            # The same filter, hidden, with the count that pins it: what the POST starts.
+            confirm = BulkRedriveForm(
+                initial={
+                    **form.cleaned_data,
+                    "up_to_pk": count.up_to_pk,
+                    "confirmed_count": count.total,
+                }
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Bulk redrive",
+            "opts": self.model._meta,
+            "form": form,
+            "count": count,
+            "count_rows": sorted(count.by_consumer_state.items()) if count else [],
+            "confirm": confirm,
+            "description": form.redrive_filter().describe() if count is not None else "",
+        }
+        return TemplateResponse(request, BULK_REDRIVE_TEMPLATE, context)
+
+    def _start_bulk_redrive(self, request: HttpRequest, form: BulkRedriveForm) -> HttpResponse:
+        redrive = form.redrive_filter()
+        confirmed = form.cleaned_data["confirmed_count"] or 0
+        try:
+            redrive_id = start_bulk_redrive(
+                redrive=redrive,
+                operator=request.user,  # type: ignore[arg-type]
+                confirmed_count=confirmed,
+            )
+        except RedriveNotStarted as exc:
+            self.message_user(
+                request,
+                f"The redrive was recorded but did not start: {exc}. Nothing was re-sent; "
+                "try again once the broker is back.",
+                messages.ERROR,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Bulk redrive {redrive_id} started: {confirmed} deliveries "
+                f"({redrive.describe()}), re-sent in chunks by the events worker. "
+                "It is recorded in the audit log.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(reverse("admin:events_delivery_changelist"))
+
     @admin.display(description="event", ordering="event__occurred_at")
     def event_link(self, delivery: Delivery) -> str:
         # The first 8 hex digits tell events apart on a page; the title has the whole id.
@@ -233,9 +268,8 @@ class DeliveryAdmin(ReadOnlyAdmin):
         return Truncator(delivery.last_error).chars(60)
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
-        # Re-sending changes the ledger, so it takes the change permission that the
-        # read-only admin otherwise never uses.
-        return request.user.has_perm("events.change_delivery")  # type: ignore[union-attr]
+        # The change permission, which the read-only admin otherwise never uses.
+        return can_bulk_redrive(request.user)
 
     @admin.action(
         description="Redeliver selected deliveries (dead or stuck ones; done ones are skipped)",

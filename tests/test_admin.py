@@ -466,3 +466,57 @@ def test_overview_charts_deliveries_done_per_minute_and_latency_per_consumer(
     assert html.count('<svg class="overview-chart"') == 2 * len(charts)
     assert "3 done" in html and "avg 40 s" in html
     assert "<script" not in html.split('id="content-main"')[1]
+
+
+# ------------------------------------------------------------------------------
+# The overview at the top of the admin index
+# ------------------------------------------------------------------------------
+def test_admin_index_opens_with_the_overview_above_the_models(
+    admin_client, user, django_assert_max_num_queries
+):
+    event = Event.objects.get(aggregate_id=str(make_upload(user).pk))
+    mark(event, "indexing", "dead", last_error="boom")
+    mark(event, "audit", "done")
+
+    with django_assert_max_num_queries(14):
+        response = admin_client.get(reverse("admin:index"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    # the overview comes first, then admin's own list of apps and models
+    assert html.index('id="index-events-overview"') < html.index('class="app-uploads')
+    rows = {row["consumer"]: row for row in response.context["rows"]}
+    assert list(rows) == [c.name for c in all_consumers()]
+    assert [count for count, _ in rows["indexing"]["cells"]] == [0, 0, 0, 0, 1]
+    assert [count for count, _ in rows["audit"]["cells"]] == [1, 0, 0, 0, 0]
+    assert "?consumer=indexing&amp;state__exact=dead" in html
+    assert html.count('<svg class="overview-chart"') == 2 * len(rows)
+    assert "Events stored: <strong>1</strong>" in html
+    assert reverse("admin:events_overview") in html
+    assert reverse("admin:events_delivery_bulk_redrive") in html
+
+
+def test_admin_index_shows_no_overview_to_staff_who_may_not_view_deliveries(client):
+    clerk = User.objects.create_user("clerk", password="pw", is_staff=True)
+    clerk.user_permissions.add(Permission.objects.get(codename="view_upload"))
+    client.force_login(clerk)
+
+    html = client.get(reverse("admin:index")).content.decode()
+
+    assert 'class="app-uploads' in html
+    assert 'id="index-events-overview"' not in html
+    assert "Deliveries per consumer" not in html
+
+
+def test_admin_index_overview_offers_bulk_redrive_only_with_the_change_permission(client):
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_delivery"),
+        Permission.objects.get(codename="view_event"),
+    )
+    client.force_login(viewer)
+
+    html = client.get(reverse("admin:index")).content.decode()
+
+    assert 'id="index-events-overview"' in html
+    assert reverse("admin:events_delivery_bulk_redrive") not in html

@@ -18,13 +18,16 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
+import housekeeping.replay
 from audit.models import AuditEntry
 from events import registry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.outbox import record_event
 from events.registry import Consumer, register_consumer
+from events.relay import due_delivery_ids
 from events.schemas import Envelope
 from housekeeping.replay import Mode, ReplaySelection, replay_events, selected_events
 from notifications.models import Notification
@@ -212,6 +215,45 @@ def test_dead_flag_selects_only_dead_deliveries(db, published, replay):
     assert Delivery.objects.get(event=dead, consumer="probe_peer").state == "retrying"
     assert set(Delivery.objects.filter(event=done).values_list("state", flat=True)) == {"done"}
     assert ledger_snapshot(event=pending) == untouched
+
+
+def test_error_contains_narrows_a_dead_replay_to_matching_last_errors(db, published, replay):
+    # given dead deliveries with different last errors, and a retrying one that matches
+    timed_out, refused, open_event = probe_event(), probe_event(), probe_event()
+    set_state(timed_out, "dead")
+    set_state(refused, "dead")
+    Delivery.objects.filter(event=timed_out, consumer="probe").update(
+        last_error="gave up after 4 attempts: SMTP Timeout after 30 s"
+    )
+    Delivery.objects.filter(event=open_event, consumer="probe").update(
+        state="retrying", last_error="smtp timeout"
+    )
+
+    # when the operator redrives the dead ones whose error says timeout (any case)
+    out = replay("--dead", "--error-contains", "timeout")
+
+    # then only that one delivery is reset and sent; the rest are left as they were
+    assert published.sent == [("probe", timed_out.id)]
+    assert Delivery.objects.get(event=timed_out, consumer="probe").state == "pending"
+    assert Delivery.objects.get(event=timed_out, consumer="probe_peer").state == "dead"
+    assert set(Delivery.objects.filter(event=refused).values_list("state", flat=True)) == {"dead"}
+    assert "probe: re-delivering 1 (0 missing created, 1 dead reset" in out
+    assert "probe_peer: re-delivering 0 " in out
+
+
+def test_error_contains_without_dead_resends_matching_open_ones_and_backfills_nothing(
+    db, published, replay
+):
+    stuck, other = probe_event(), probe_event()
+    Delivery.objects.filter(event=stuck, consumer="probe").update(
+        state="retrying", last_error="connection refused"
+    )
+    Delivery.objects.filter(event=other, consumer="probe_peer").delete()
+
+    replay("--error-contains", "REFUSED")
+
+    assert published.sent == [("probe", stuck.id)]
+    assert not Delivery.objects.filter(event=other, consumer="probe_peer").exists()
 
 
 def test_default_replay_resends_open_and_dead_deliveries_and_skips_done(db, published, replay):
@@ -475,6 +517,7 @@ BAD_ARGUMENTS = [
     (["--upload", "12a"], "--upload: '12a' is not an upload id (a positive integer)"),
     (["--upload", "-3"], "--upload: '-3' is not an upload id (a positive integer)"),
     (["--chunk-size", "0"], "--chunk-size: '0' is not a positive integer"),
+    (["--error-contains", "  "], "--error-contains: give the text to look for"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 
@@ -605,3 +648,35 @@ def test_replayed_dead_delivery_is_done_by_the_worker(live_worker, running_relay
     ]
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe").count() == 1
     assert ProbeEffect.objects.filter(event_id=event.id, consumer="probe_peer").count() == 1
+
+
+def test_inline_hold_is_counted_on_the_database_clock_not_the_host_clock(
+    db, published, replay, monkeypatch
+):
+    # given a host whose clock is ten minutes behind the database's (the relay compares
+    # the hold with the database clock), and a dead delivery to replay inline
+    event = probe_event()
+    set_state(event, "dead", consumer="probe")
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - dt.timedelta(minutes=10))
+    seen_by_relay: list[bool] = []
+    real_run = housekeeping.replay.run_delivery
+
+    def run_and_look(**kwargs: Any):
+        # The moment the inline run starts: the relay must leave this delivery to it.
+        pk = kwargs["delivery_id"]
+        due = pk in due_delivery_ids(["probe"], limit=100)
+        # Marked sent before the database's now: the relay's loss count would expect its
+        # message in the queue and send it again.
+        counted_as_out = Delivery.objects.filter(pk=pk, enqueued_at__lt=Now()).exists()
+        seen_by_relay.append(due or counted_as_out)
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(housekeeping.replay, "run_delivery", run_and_look)
+
+    # when it is replayed inline
+    replay("--inline", "--dead", "--consumer", "probe")
+
+    # then the relay did not see it as lost while this process held it
+    assert seen_by_relay == [False]
+    assert Delivery.objects.get(event=event, consumer="probe").state == "done"

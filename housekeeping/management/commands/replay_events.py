@@ -4,6 +4,7 @@ Examples::
 
     manage.py replay_events --consumer indexing --since 2024-05-01      # what indexing missed
     manage.py replay_events --dead                                      # every dead delivery
+    manage.py replay_events --dead --error-contains timeout --since 2024-05-01T14:00
     manage.py replay_events --consumer search2 --inline                 # backfill a new consumer
     manage.py replay_events --upload 42 --force --dry-run               # what a forced replay would do
 
@@ -89,6 +90,12 @@ class Command(BaseCommand):
             help="only dead deliveries: no backfill, open ones left alone (with --force, done ones too)",
         )
         parser.add_argument(
+            "--error-contains",
+            metavar="TEXT",
+            help="only deliveries whose last error contains TEXT (case-insensitive); "
+            "with --dead, the dead ones among them",
+        )
+        parser.add_argument(
             "--force",
             action="store_true",
             help="also deliveries already done: reset them to pending and run them again",
@@ -120,6 +127,7 @@ class Command(BaseCommand):
             upload_ids=options["uploads"],
             dead_only=options["dead"],
             force=options["force"],
+            error_contains=options["error_contains"],
         )
         chunk_size = positive_int("--chunk-size", options["chunk_size"])
         if options["dry_run"]:
@@ -163,6 +171,7 @@ def parse_selection(
     upload_ids: Sequence[str] = (),
     dead_only: bool = False,
     force: bool = False,
+    error_contains: str | None = None,
 ) -> ReplaySelection:
     """Check command-line style values and build a ``ReplaySelection``.
 
@@ -183,6 +192,8 @@ def parse_selection(
             raise CommandError(
                 f"unknown event type {event_type!r} (known: {', '.join(sorted(known_types))})"
             )
+    if error_contains is not None and not error_contains.strip():
+        raise CommandError("--error-contains: give the text to look for")
     since_at = _parse_datetime("--since", since)
     until_at = _parse_datetime("--until", until)
     if since_at and until_at and since_at >= until_at:
@@ -198,6 +209,7 @@ def parse_selection(
         upload_ids=tuple(dict.fromkeys(_parse_upload_id(value) for value in upload_ids)),
         dead_only=dead_only,
         force=force,
+        error_contains=(error_contains or "").strip(),
     )
     if types and not selection.handled_types():
         raise CommandError(
@@ -253,6 +265,11 @@ def summary_lines(report: ReplayReport, *, selection: ReplaySelection) -> list[s
         # Per-consumer lines of zeros would only repeat it.
         if selection.dead_only:
             return ["no dead delivery matches the selection: nothing to re-deliver"]
+        if selection.error_contains:
+            return [
+                f"no delivery whose last error contains {selection.error_contains!r} "
+                "matches the selection: nothing to re-deliver"
+            ]
         return ["no stored event matches the selection"]
     force = selection.force
     lines = []
