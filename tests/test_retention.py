@@ -127,7 +127,7 @@ def test_prune_takes_a_fixed_number_of_queries_per_chunk(django_assert_max_num_q
     # Per chunk: the page, the locked states, a savepoint pair, the events for the
     # consumers' forget_events and theirs, and the deletes of attempts, deliveries and
     # events; never one per event or delivery.
-    with django_assert_max_num_queries(10 * chunks + 3):
+    with django_assert_max_num_queries(12 * chunks + 3):
         call_command("prune_events", "--older-than", "30", "--chunk-size", str(chunk_size))
 
     assert Event.objects.count() == Delivery.objects.count() == 0
