@@ -130,9 +130,11 @@ def run(
         publish_probe(transient_failures={"probe": argument})
     elif operation == "restart":
         # Between bursts: a message the worker received in the instant before a warm
-        # shutdown can stay in Redis's unacked hash until the visibility timeout, and the
-        # relay cannot see that yet (issue 17, problem 1; reproduced by the program
-        # [upload, restart]). Until the ledger heals it, restart once nothing new waits.
+        # shutdown can stay in Redis's unacked hash (reproduced by the program [upload,
+        # restart]). The relay sends its delivery again once that entry is older than a
+        # live worker's longest hold (time limit + margin: one to two minutes for these
+        # consumers; test_faults_broker pins it with a 3 s hold), longer than this test
+        # waits, so it restarts once nothing new waits.
         wait_for(
             lambda: not Delivery.objects.filter(state__in=["pending", "running"]).exists(),
             timeout=60,
