@@ -232,9 +232,11 @@ def test_task_that_runs_out_of_time_sends_the_rest_from_where_it_stopped(
 # Starting it: the audit record
 # ------------------------------------------------------------------------------
 def test_start_records_the_operator_and_filter_and_the_audit_log_chains_it(
-    transactional_db, operator, redrive_tasks
+    transactional_db, operator, redrive_tasks, monkeypatch
 ):
-    # given (transactional: starting must be the outermost transaction)
+    # given (transactional: starting must be the outermost transaction; nothing is
+    # published, so a worker left running by an earlier test cannot take the event)
+    monkeypatch.setattr("events.outbox.publish_committed", lambda *args: None)
     dead_probe_deliveries(3, error="timeout")
     redrive = RedriveFilter(consumers=("probe",), error_contains="timeout", since=T0)
     counted = count_redrive(redrive)

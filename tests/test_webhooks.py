@@ -129,7 +129,7 @@ def test_every_request_is_signed_and_verifies_with_the_standardwebhooks_library(
 
 @pytest.mark.worker
 def test_500_twice_then_200_is_one_acknowledged_call_and_the_retries_are_visible(
-    live_worker, receiver, user
+    live_worker, running_relay, receiver, user
 ):
     url = receiver.script("/flaky", Reply(500), Reply(500), Reply(200))
     endpoint = add_endpoint(owner=user, url=url)
@@ -153,7 +153,7 @@ def test_500_twice_then_200_is_one_acknowledged_call_and_the_retries_are_visible
 
 @pytest.mark.worker
 def test_400_is_final_for_that_endpoint_while_another_retries_on_its_own(
-    live_worker, receiver, user
+    live_worker, running_relay, receiver, user
 ):
     refusing = add_endpoint(owner=user, url=receiver.script("/refuses", Reply(400)))
     flaky = add_endpoint(owner=user, url=receiver.script("/flaky", Reply(503), Reply(200)))
@@ -213,7 +213,9 @@ def test_redirect_is_not_followed(live_worker, receiver, user):
 
 
 @pytest.mark.worker
-def test_slow_receiver_times_out_and_is_retried(live_worker, receiver, user, settings):
+def test_slow_receiver_times_out_and_is_retried(
+    live_worker, running_relay, receiver, user, settings
+):
     # The test settings' read timeout is 1.5 s; the first answer comes after 4 s.
     assert settings.WEBHOOKS_READ_TIMEOUT_SECONDS < 4
     endpoint = add_endpoint(owner=user, url=receiver.script("/slow", Reply(200, delay=4)))

@@ -59,7 +59,7 @@ def mails(settings) -> list:
 # ------------------------------------------------------------------------------
 @pytest.mark.worker
 def test_a_trickling_endpoint_delays_neither_its_owners_other_endpoint_nor_another_users(
-    live_worker, receiver, user, other_user, settings
+    live_worker, running_relay, receiver, user, other_user, settings
 ):
     # given one of alice's endpoints trickling its answer for 60 s, added first so that a
     # design calling her endpoints in turn meets it first
@@ -104,7 +104,7 @@ def test_a_trickling_endpoint_delays_neither_its_owners_other_endpoint_nor_anoth
 # ------------------------------------------------------------------------------
 @pytest.mark.worker
 def test_deleting_an_endpoint_stops_its_calls_including_scheduled_retries(
-    live_worker, receiver, user
+    live_worker, running_relay, receiver, user
 ):
     endpoint = add_endpoint(owner=user, url=receiver.always("/failing", Reply(503)))
     upload_text(user)
