@@ -323,6 +323,26 @@ class Harness:
         self._uploads = itertools.count()
         self._windows = itertools.count()
         self._upload_ids = itertools.count(10**9)
+        self._cold = itertools.count()
+
+    def cold_worker(self, *, noop: bool) -> BenchWorker:
+        """A fresh worker, started and answering, that has run no task yet; stop it after use.
+
+        What a deployment has after a restart: the imports are done, the pool processes
+        have no database connection, no template and no cached statement yet.
+        """
+        label = f"cold-{next(self._cold)}"
+        env = {**self.env, "BENCH_NOOP_HANDLERS": "1" if noop else "0"}
+        worker = BenchWorker(
+            label=label, env=env, workdir=self.workdir, concurrency=self.real.concurrency
+        )
+        worker.start_idle()
+        try:
+            worker.wait_ready()
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
 
     def start(self) -> None:
         """Start both workers side by side and wait until both answer."""
