@@ -231,6 +231,22 @@ class Drain:
     unit: str = "deliveries"
     ledger_span: float | None = None
 
+    @classmethod
+    def combine(cls, drains: Sequence[Drain]) -> Drain:
+        """Drains one after the other as one: their intervals, spans and CPU summed."""
+        if len(drains) == 1:
+            return drains[0]
+        spans = [ledger.ledger_span for ledger in drains]
+        return cls(
+            count=sum(d.count - 1 for d in drains) + 1,
+            first=0.0,
+            last=sum(d.last - d.first for d in drains),
+            cpu=sum(d.cpu for d in drains),
+            tasks=sum(d.tasks for d in drains),
+            unit=drains[0].unit,
+            ledger_span=None if None in spans else sum(spans),  # type: ignore[arg-type]
+        )
+
     @property
     def per_second(self) -> float:
         # Completion times bound count - 1 intervals between count completions.

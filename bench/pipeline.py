@@ -46,8 +46,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add(
         "--rounds",
         type=int,
-        default=2,
-        help="repeat the paired drains, alternating which side goes first (2: each order once)",
+        default=1,
+        help="repeat the paired drains, alternating which side goes first (1)",
+    )
+    add(
+        "--blocks",
+        type=int,
+        default=4,
+        help="split each backlog into this many blocks, drained side by side, the side "
+        "going first alternating block by block (4)",
     )
     add("--concurrency", type=int, default=2, help="worker -c (2)")
     add(
@@ -117,6 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.replay_events = args.replay_events or args.events
     # Rates and quantiles need two samples at least.
     minimums = {"events": 2, "rounds": 1, "concurrency": 1, "rss_small": 2, "rss_large": 2}
+    minimums |= {"blocks": 1}
     minimums |= {"latency_uploads": 2, "replay_events": 2}
     for name, minimum in minimums.items():
         if getattr(args, name) < minimum:
@@ -150,7 +158,11 @@ def run(harness: Harness, args: argparse.Namespace, database: str) -> list[ratio
                     measure(harness, args.events, ours_first=ours_first)
                     if key == "e2e"
                     else measure(
-                        harness, args.events, ours_first=ours_first, cold=temperature == "cold"
+                        harness,
+                        args.events,
+                        ours_first=ours_first,
+                        cold=temperature == "cold",
+                        blocks=args.blocks,
                     )
                 )
                 rounds.setdefault((key, temperature), []).append(pair)
@@ -163,6 +175,8 @@ def run(harness: Harness, args: argparse.Namespace, database: str) -> list[ratio
         title, labels = titles[key]
         for round_, (ours, baseline) in enumerate(pairs):
             order = "ours first" if round_ % 2 == 0 else f"{labels[1].strip()} first"
+            if key != "e2e" and args.blocks > 1:
+                order += f" in block 1 of {args.blocks}, then alternating"
             note = f"  [{temperature}, {order}]"
             print(f"{title} {labels[0]} {ours.describe()}{note}")
             print(f"{' ' * len(title)} {labels[1]} {baseline.describe()}{note}")

@@ -73,74 +73,81 @@ def paired_ratio(name: str, pairs: list[Pair], target: float) -> Ratio:
 # Throughput: one round of each paired ratio
 # ------------------------------------------------------------------------------
 def _backlog_pair(
-    harness: Harness, baseline: str, events: int, *, ours_first: bool, cold: bool = False
+    harness: Harness,
+    baseline: str,
+    events: int,
+    *,
+    ours_first: bool,
+    cold: bool = False,
+    blocks: int = 1,
 ) -> Pair:
     """Ours and ``baseline`` stored while nothing consumes, then drained one after the other.
 
     ``naive``: the naive tasks with real handlers, on the real-handler worker;
-    ``bare``: bare no-op tasks, on the no-op-handler worker. ``cold``: each side is
-    drained by a fresh worker of its own that has run no task yet, so neither side
-    inherits the other's warm-up (timed from the first completion to the last, as warm:
-    a consumer added to a Redis worker joins when its current poll ends, up to a second
-    later, which would swamp what is measured).
+    ``bare``: bare no-op tasks, on the no-op-handler worker. The ``events`` uploads are
+    split into ``blocks``, each stored and drained on its own, the side that goes first
+    alternating block by block (ABBA…): on a shared machine the load drifts over seconds
+    and one long drain per side measures the drift as much as the pipeline (rounds of
+    one long drain each differed by up to 1.8 times on the 3 December runs). ``cold``: each
+    block of each side is drained by a fresh worker that has run no task yet, so neither
+    side inherits the other's warm-up. Each side's figures are the sums over the blocks.
     """
     from events.models import Delivery
 
-    n, k = events, len(harness.consumers)
+    k = len(harness.consumers)
     noop = baseline != "naive"
-    before = harness.last_delivery_pk()
-    for _ in range(n):
-        harness.upload("events")
-    if baseline == "naive":
+    sizes = [events // blocks + (1 if b < events % blocks else 0) for b in range(blocks)]
+    drained: dict[str, list[Drain]] = {"ours": [], baseline: []}
+    for block, n in enumerate(size for size in sizes if size):
+        before = harness.last_delivery_pk()
         for _ in range(n):
-            harness.upload("naive")
-        queues, names = harness.naive_queues, harness.naive_names
-    else:
-        harness.publish_bare(n * k)
-        queues, names = harness.bare_queues, {"bench.noop"}
-    results: dict[str, Drain] = {}
-    for side in ("ours", baseline) if ours_first else (baseline, "ours"):
-        worker = (
-            harness.cold_worker(noop=noop) if cold else (harness.noop if noop else harness.real)
-        )
-        try:
-            if side == "ours":
-                drained = drain(
-                    worker,
-                    queues=harness.queues,
-                    names=harness.task_names,
-                    count=n * k,
-                    what="ours",
-                )
-                ours = Delivery.objects.filter(pk__gt=before)
-                results[side] = ledger_drain(drained, ours, n * k, "backlog")
-            else:
-                results[side] = drain(
-                    worker,
-                    queues=queues,
-                    names=names,
-                    count=n * k,
-                    what=side,
-                    unit="tasks",
-                )
-        finally:
-            if cold:
-                worker.stop()
-    return results["ours"], results[baseline]
+            harness.upload("events")
+        if baseline == "naive":
+            for _ in range(n):
+                harness.upload("naive")
+            queues, names = harness.naive_queues, harness.naive_names
+        else:
+            harness.publish_bare(n * k)
+            queues, names = harness.bare_queues, {"bench.noop"}
+        first = ours_first == (block % 2 == 0)
+        for side in ("ours", baseline) if first else (baseline, "ours"):
+            worker = harness.cold_worker(noop=noop) if cold else None
+            worker = worker or (harness.noop if noop else harness.real)
+            try:
+                if side == "ours":
+                    result = drain(
+                        worker,
+                        queues=harness.queues,
+                        names=harness.task_names,
+                        count=n * k,
+                        what="ours",
+                    )
+                    ours = Delivery.objects.filter(pk__gt=before)
+                    drained[side].append(ledger_drain(result, ours, n * k, "backlog"))
+                else:
+                    drained[side].append(
+                        drain(
+                            worker, queues=queues, names=names, count=n * k, what=side, unit="tasks"
+                        )
+                    )
+            finally:
+                if cold:
+                    worker.stop()
+    return Drain.combine(drained["ours"]), Drain.combine(drained[baseline])
 
 
 def guarantee_overhead_round(
-    harness: Harness, events: int, *, ours_first: bool, cold: bool = False
+    harness: Harness, events: int, *, ours_first: bool, cold: bool = False, blocks: int = 1
 ) -> Pair:
     """Backlog of ``events`` uploads, real handlers: the consumers against the naive tasks."""
-    return _backlog_pair(harness, "naive", events, ours_first=ours_first, cold=cold)
+    return _backlog_pair(harness, "naive", events, ours_first=ours_first, cold=cold, blocks=blocks)
 
 
 def pipeline_overhead_round(
-    harness: Harness, events: int, *, ours_first: bool, cold: bool = False
+    harness: Harness, events: int, *, ours_first: bool, cold: bool = False, blocks: int = 1
 ) -> Pair:
     """Backlog of ``events`` uploads, no-op handlers: the consumers against bare Celery tasks."""
-    return _backlog_pair(harness, "bare", events, ours_first=ours_first, cold=cold)
+    return _backlog_pair(harness, "bare", events, ours_first=ours_first, cold=cold, blocks=blocks)
 
 
 def _end_to_end(harness: Harness, mode: str, events: int) -> Drain:
