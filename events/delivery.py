@@ -34,7 +34,13 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from events.db import fetch_instance, now_plus_seconds_sql, now_sql
+from events.db import (
+    fetch_instance,
+    instance_from_row,
+    now_plus_seconds_sql,
+    now_sql,
+    select_columns,
+)
 from events.exceptions import DeliveryBusy, PermanentError
 from events.models import Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, Handler, TwoStepHandler, get_consumer
@@ -121,6 +127,10 @@ CLAIM_SQL = """
        AND (state IN ('pending', 'retrying')
             OR (state = 'running' AND lease_expires_at < {now} AND attempts < %s))
  RETURNING attempts, event_id"""
+CLAIM_WITH_EVENT_SQL = """
+    WITH claimed AS ({claim})
+    SELECT claimed.attempts, claimed.event_id, {columns}
+      FROM claimed LEFT JOIN events_event ON events_event.id = claimed.event_id"""
 FINISH_SQL = """
     UPDATE events_delivery
        SET state = 'done', completed_at = {now}, lease_expires_at = NULL, retry_at = NULL,
@@ -139,13 +149,20 @@ def claim_delivery(
     """
     started_at = timezone.now()
     sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql(), no_flush=_no_flush())
+    if connection.vendor == "postgresql":
+        # One round trip: the claim and the event read together (SQLite has no UPDATE
+        # in a WITH clause, and its "round trip" is a call in this process anyway).
+        sql = CLAIM_WITH_EVENT_SQL.format(claim=sql, columns=select_columns(Event))
     with connection.cursor() as cursor:
         cursor.execute(sql, [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts])
         row = cursor.fetchone()
     if row is None:
         return _not_claimed(delivery_id, consumer)
-    attempts, event_id = row
-    event = fetch_instance(Event, event_id)
+    attempts, event_id = row[:2]
+    if len(row) > 2:
+        event = None if row[2] is None else instance_from_row(Event, row[2:])
+    else:
+        event = fetch_instance(Event, event_id)
     delivery = Delivery(
         pk=delivery_id,
         event=event,
