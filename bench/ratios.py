@@ -345,7 +345,11 @@ def upload_latency_ratios(harness: Harness, uploads: int) -> tuple[list[Ratio], 
     are interleaved upload by upload, the order rotating, so a drift in machine load
     reaches every mode alike.
     """
+    from django.conf import settings
+
     modes = ["events", "outbox", "none", "naive"]
+    if hasattr(settings, "EVENTS_PUBLISH_IN_BACKGROUND"):
+        modes.append("background")  # issue 17's prototype, interleaved with the rest
     for mode in modes:  # warm: first connection, imports, storage folders
         harness.upload(mode)
     durations: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -369,4 +373,14 @@ def upload_latency_ratios(harness: Harness, uploads: int) -> tuple[list[Ratio], 
         )
         for name, quantile in (("p50", p50), ("p95", p95))
     ]
+    if "background" in modes:
+        ratios.append(
+            Ratio(
+                "upload latency p50, background publisher (with events / naive on_commit(delay))",
+                p50["background"] / p50["naive"],
+                1.0,
+                False,
+                f"{p50['background']:.2f} / {p50['naive']:.2f} ms; EVENTS_PUBLISH_IN_BACKGROUND",
+            )
+        )
     return ratios, figure
