@@ -271,6 +271,47 @@ def profiles(harness: Harness, items: int, limit: int) -> None:
     profile("delivery ours (all consumers)", [lambda r=r: ours(*r) for r in rows], limit)
 
 
+def inline_costs(harness: Harness, items: int, rounds: int = 3) -> dict[str, Counts]:
+    """Per delivery of ``replay_events --inline`` (audit), claims one by one against batched.
+
+    ``INLINE_CLAIM_BATCH`` (issue 17's prototype) 1 against its default, alternating
+    round by round on fresh events; counted and timed separately, as above. Without the
+    prototype (no ``INLINE_CLAIM_BATCH``) one line only.
+    """
+    from housekeeping import replay
+
+    consumer = harness.consumer_named("audit")
+    default = getattr(replay, "INLINE_CLAIM_BATCH", None)
+    sizes = [1, default] if default else [None]
+    results = {f"batch {size or 'none'}": Counts() for size in sizes}
+
+    def run(size: int | None) -> None:
+        window = harness.bulk_events(items)
+        selection = replay.ReplaySelection(
+            consumers=(consumer.name,), since=window[0], until=window[1]
+        )
+        if size is not None:
+            replay.INLINE_CLAIM_BATCH = size
+        replay.replay_events(selection=selection, mode=replay.Mode.INLINE)
+
+    run(sizes[-1])  # warm
+    for round_ in range(rounds):
+        for size in sizes if round_ % 2 == 0 else sizes[::-1]:
+            counts = results[f"batch {size or 'none'}"]
+            if round_ % 2 == 0:
+                with counting(counts):
+                    run(size)
+                counts.items += items
+            else:
+                timed(counts, lambda size=size: run(size))
+    for counts in results.values():
+        counted_rounds = (rounds + 1) // 2
+        counts.seconds *= counted_rounds / max(rounds - counted_rounds, 1)
+    if default:
+        replay.INLINE_CLAIM_BATCH = default
+    return results
+
+
 def report(harness: Harness, items: int) -> dict[str, Any]:
     from django.db import connection
 
@@ -289,7 +330,11 @@ def report(harness: Harness, items: int) -> dict[str, Any]:
                 setattr(total, field, getattr(total, field) + getattr(counts, field))
             total.seconds += counts.seconds
         print(total.line(f"delivery {side}, all consumers"))
+    inline = inline_costs(harness, items)
+    for label, counts in inline.items():
+        print(counts.line(f"inline replay audit, {label}"))
     return {
+        "inline": {label: vars(counts) for label, counts in inline.items()},
         "uploads": {mode: vars(counts) for mode, counts in uploads.items()},
         "deliveries": {f"{name} {who}": vars(c) for (name, who), c in deliveries.items()},
     }
