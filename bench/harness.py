@@ -230,6 +230,8 @@ class Drain:
     tasks: int
     unit: str = "deliveries"
     ledger_span: float | None = None
+    # Completions shown, when ``count`` is not it (drains combined: their intervals + 1).
+    shown: int | None = None
 
     @classmethod
     def combine(cls, drains: Sequence[Drain]) -> Drain:
@@ -245,6 +247,7 @@ class Drain:
             tasks=sum(d.tasks for d in drains),
             unit=drains[0].unit,
             ledger_span=None if None in spans else sum(spans),  # type: ignore[arg-type]
+            shown=sum(d.count for d in drains),
         )
 
     @property
@@ -263,7 +266,8 @@ class Drain:
         if self.ledger_span is not None:
             ledger = f" (ledger completed_at span {(self.count - 1) / max(self.ledger_span, 1e-9):.0f}/s)"
         return (
-            f"{self.count} {self.unit} in {self.last - self.first:.2f}s = {self.per_second:.1f}/s"
+            f"{self.shown or self.count} {self.unit} in {self.last - self.first:.2f}s = "
+            f"{self.per_second:.1f}/s"
             f"{ledger}; worker CPU {self.cpu_ms:.2f} ms per task"
         )
 

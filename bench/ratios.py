@@ -319,11 +319,12 @@ def replay_rss_ratio(
             f"({replay.wall:.1f}s with start-up)"
         )
     ratio = Ratio(
-        f"replay peak RSS ({consumer.name}, {large} / {small} events)",
+        # The consumer in the detail, not the name: the side-by-side table matches names.
+        f"replay peak RSS ({large} / {small} events)",
         peaks[large] / peaks[small],
         1.2,
         False,
-        f"{peaks[large] / 1024:.1f} / {peaks[small] / 1024:.1f} MiB",
+        f"{peaks[large] / 1024:.1f} / {peaks[small] / 1024:.1f} MiB ({consumer.name})",
     )
     return ratio, figures
 
