@@ -230,6 +230,25 @@ class Drain:
     tasks: int
     unit: str = "deliveries"
     ledger_span: float | None = None
+    # Completions shown, when ``count`` is not it (drains combined: their intervals + 1).
+    shown: int | None = None
+
+    @classmethod
+    def combine(cls, drains: Sequence[Drain]) -> Drain:
+        """Drains one after the other as one: their intervals, spans and CPU summed."""
+        if len(drains) == 1:
+            return drains[0]
+        spans = [ledger.ledger_span for ledger in drains]
+        return cls(
+            count=sum(d.count - 1 for d in drains) + 1,
+            first=0.0,
+            last=sum(d.last - d.first for d in drains),
+            cpu=sum(d.cpu for d in drains),
+            tasks=sum(d.tasks for d in drains),
+            unit=drains[0].unit,
+            ledger_span=None if None in spans else sum(spans),  # type: ignore[arg-type]
+            shown=sum(d.count for d in drains),
+        )
 
     @property
     def per_second(self) -> float:
@@ -247,7 +266,8 @@ class Drain:
         if self.ledger_span is not None:
             ledger = f" (ledger completed_at span {(self.count - 1) / max(self.ledger_span, 1e-9):.0f}/s)"
         return (
-            f"{self.count} {self.unit} in {self.last - self.first:.2f}s = {self.per_second:.1f}/s"
+            f"{self.shown or self.count} {self.unit} in {self.last - self.first:.2f}s = "
+            f"{self.per_second:.1f}/s"
             f"{ledger}; worker CPU {self.cpu_ms:.2f} ms per task"
         )
 
@@ -323,6 +343,26 @@ class Harness:
         self._uploads = itertools.count()
         self._windows = itertools.count()
         self._upload_ids = itertools.count(10**9)
+        self._cold = itertools.count()
+
+    def cold_worker(self, *, noop: bool) -> BenchWorker:
+        """A fresh worker, started and answering, that has run no task yet; stop it after use.
+
+        What a deployment has after a restart: the imports are done, the pool processes
+        have no database connection, no template and no cached statement yet.
+        """
+        label = f"cold-{next(self._cold)}"
+        env = {**self.env, "BENCH_NOOP_HANDLERS": "1" if noop else "0"}
+        worker = BenchWorker(
+            label=label, env=env, workdir=self.workdir, concurrency=self.real.concurrency
+        )
+        worker.start_idle()
+        try:
+            worker.wait_ready()
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
 
     def start(self) -> None:
         """Start both workers side by side and wait until both answer."""
@@ -379,17 +419,27 @@ class Harness:
 
         if not hasattr(services, "record_event"):
             raise SystemExit("bench: uploads.services no longer calls record_event; update bench")
+        from django.conf import settings
+
         original = services.record_event
         services.record_event = {
             "events": original,
+            "background": original,
             "naive": naive.record_event_naively,
             "outbox": naive.recording_without_publishing(original),
             "none": naive.record_no_event,
         }[mode]
+        # "background": ours, published by the per-process publisher thread (issue 17's
+        # prototype) when this code has it; "events" always publishes in the request.
+        background = getattr(settings, "EVENTS_PUBLISH_IN_BACKGROUND", None)
+        if background is not None:
+            settings.EVENTS_PUBLISH_IN_BACKGROUND = mode == "background"
         try:
             yield
         finally:
             services.record_event = original
+            if background is not None:
+                settings.EVENTS_PUBLISH_IN_BACKGROUND = background
 
     def upload(self, mode: str) -> float:
         """One ``create_upload`` in ``mode``; its duration in seconds."""
@@ -399,10 +449,25 @@ class Harness:
 
         n = next(self._uploads)
         content = ContentFile(f"bench file {n} with some words".encode(), name=f"f{n}.txt")
+        before = self.last_delivery_pk() if mode == "background" else 0
         with self.producing(mode):
             started = time.perf_counter()
             create_upload(owner=self.owner, file=content)
-            return time.perf_counter() - started
+            took = time.perf_counter() - started
+        if mode == "background":
+            # Untimed: the publisher thread's work must not land in the next upload's time.
+            self._wait_published(before)
+        return took
+
+    def _wait_published(self, after_pk: int) -> None:
+        from events.models import Delivery
+
+        wait_for(
+            lambda: not Delivery.objects.filter(pk__gt=after_pk, enqueued_at__isnull=True).exists(),
+            timeout=30,
+            interval=0.002,
+            what="the background publisher",
+        )
 
     def check_modes(self) -> None:
         """Each producer mode writes what it claims to, or the comparisons mean nothing."""

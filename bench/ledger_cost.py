@@ -64,21 +64,32 @@ def run(count: int) -> None:
     print(f"{connection.vendor}, {count} deliveries per variant, no-op handler")
     print(f"{'variant':<10} {'claim µs':>9} {'finish µs':>10} {'total µs':>9}")
     variants = (
-        ("engine", engine_claim(engine, consumer), engine_finish(engine)),
-        ("orm", orm_claim(consumer), orm_finish(consumer)),
-        ("sql", sql_claim(consumer), sql_finish(consumer)),
+        ("engine", engine_claim(engine, consumer), engine_finish(engine), {}),
+        # Issue 17's claim prototypes one at a time: the claim's commit flushed to the WAL
+        # as before (no_flush off), and the two v2 statements without either (sql).
+        ("flushed", engine_claim(engine, consumer), engine_finish(engine), {"_no_flush": str}),
+        ("orm", orm_claim(consumer), orm_finish(consumer), {}),
+        ("sql", sql_claim(consumer), sql_finish(consumer), {}),
     )
-    # Twice round, so that each variant is measured warm at least once.
-    for name, claim, finish in variants * 2:
+    # Three times round, so that each variant is measured warm and a drift in machine
+    # load reaches every variant.
+    for name, claim, finish, patches in variants * 3:
         ids = make_deliveries(consumer.name, count)
         claim_s = finish_s = 0.0
-        for delivery_id in ids:
-            started = time.perf_counter()
-            held = claim(delivery_id)
-            claimed = time.perf_counter()
-            finish(held)
-            claim_s += claimed - started
-            finish_s += time.perf_counter() - claimed
+        saved = {attr: getattr(engine, attr) for attr in patches}
+        for attr, value in patches.items():
+            setattr(engine, attr, value)
+        try:
+            for delivery_id in ids:
+                started = time.perf_counter()
+                held = claim(delivery_id)
+                claimed = time.perf_counter()
+                finish(held)
+                claim_s += claimed - started
+                finish_s += time.perf_counter() - claimed
+        finally:
+            for attr, value in saved.items():
+                setattr(engine, attr, value)
         check_all_done(ids)
         per = 1e6 / count
         print(
@@ -213,7 +224,8 @@ def sql_claim(consumer) -> Callable[[int], tuple]:
     from events.db import now_plus_seconds_sql, now_sql
     from events.delivery import CLAIM_SQL, lease_seconds
 
-    claim_sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
+    # Engine v2's claim: synchronous commit, the event read a statement of its own.
+    claim_sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql(), no_flush="")
     event_sql = "SELECT type, version, payload FROM events_event WHERE id = %s"
 
     def claim(delivery_id: int) -> tuple:

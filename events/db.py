@@ -47,12 +47,25 @@ def fetch_instance(model: type[M], pk: object) -> M | None:
     delivery path that costs more than the query itself. Values pass through the same
     converters the ORM applies (UUIDs, datetimes, JSON).
     """
-    sql, attnames, converters = _select_by_pk(model, connection.alias)
+    sql, _, _ = _select_by_pk(model, connection.alias)
     with connection.cursor() as cursor:
         cursor.execute(sql, [pk])
         row = cursor.fetchone()
     if row is None:
         return None
+    return instance_from_row(model, row)
+
+
+def select_columns(model: type[Model]) -> str:
+    """``model``'s columns as ``fetch_instance`` reads them, qualified by its table."""
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    return ", ".join(f"{table}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+def instance_from_row(model: type[M], row: tuple) -> M:
+    """An instance of ``model`` from a row of ``select_columns``, through the ORM's converters."""
+    _, attnames, converters = _select_by_pk(model, connection.alias)
     values = []
     for value, (column, field_converters) in zip(row, converters, strict=True):
         for convert in field_converters:

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from celery import current_app
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -88,8 +89,19 @@ def record_event(
     )
     # robust: nothing that runs after commit may undo or hide the commit (an exception
     # here would leave atomic() in the caller, which would then clean up a saved upload).
-    transaction.on_commit(partial(publish_committed, event, deliveries), robust=True)
+    transaction.on_commit(partial(_after_commit, event, deliveries), robust=True)
     return event
+
+
+def _after_commit(event: Event, deliveries: Sequence[Delivery]) -> None:
+    # Prototype (issue 17): with EVENTS_PUBLISH_IN_BACKGROUND the request pays for its
+    # commit only; this process's publisher thread publishes in batches.
+    if settings.EVENTS_PUBLISH_IN_BACKGROUND:
+        from events import publisher
+
+        publisher.submit(event, deliveries)
+    else:
+        publish_committed(event, deliveries)
 
 
 def publish_committed(event: Event, deliveries: Sequence[Delivery]) -> None:

@@ -47,7 +47,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.db.models.functions import Now
 
-from events.delivery import run_delivery
+from events.delivery import claim_batch, run_claimed, run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
 from events.registry import Consumer, all_consumers, get_consumer
@@ -392,9 +392,29 @@ def _worker_name() -> str:
     return f"replay_events --inline@{socket.gethostname()}"[:200]
 
 
+# Prototype (issue 17): claims taken together, one commit per this many deliveries.
+INLINE_CLAIM_BATCH = 50
+
+
 def _deliver_inline(deliveries: list[Delivery], report: ReplayReport) -> None:
     worker = _worker_name()
+    by_consumer: dict[str, list[Delivery]] = {}
     for delivery in deliveries:
+        by_consumer.setdefault(delivery.consumer, []).append(delivery)
+    claimed: set[int] = set()
+    for name, rows in by_consumer.items():
+        try:
+            consumer = get_consumer(name)
+        except LookupError:
+            continue
+        for start in range(0, len(rows), INLINE_CLAIM_BATCH):
+            for claim in claim_batch(rows[start : start + INLINE_CLAIM_BATCH], consumer=consumer):
+                claimed.add(claim.delivery.pk)
+                outcome = run_claimed(claim, worker=worker)
+                report.tally(name).outcomes[outcome.outcome] += 1
+    for delivery in deliveries:
+        if delivery.pk in claimed:
+            continue
         outcome = run_delivery(
             delivery_id=delivery.pk,
             consumer_name=delivery.consumer,

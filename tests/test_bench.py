@@ -21,10 +21,13 @@ RATIO = re.compile(r"^ratio: (?P<name>.+?) = (?P<value>[0-9.]+) \(target (?:>=|<
 @pytest.mark.worker
 def test_bench_prints_every_ratio_at_a_tiny_size() -> None:
     command = [sys.executable, "bench/pipeline.py", "--events", "5"]
-    command += ["--rss-small", "20", "--rss-large", "60"]
+    command += ["--rss-small", "20", "--rss-large", "60", "--blocks", "2"]
+    # One database per run of the suite (both would double the time): the suite's own.
     database_url = os.environ.get("DATABASE_URL", "")
     if database_url.startswith("postgres"):
-        command += ["--database-url", database_url]
+        command += ["--database", "postgres", "--postgres-url", database_url]
+    else:
+        command += ["--database", "sqlite"]
 
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=170)
 
@@ -36,8 +39,10 @@ def test_bench_prints_every_ratio_at_a_tiny_size() -> None:
             ratios[match["name"]] = float(match["value"])
     names = " | ".join(ratios)
     for expected in (
-        "guarantee overhead",
-        "pipeline overhead",
+        "guarantee overhead, warm workers",
+        "guarantee overhead, cold workers",
+        "pipeline overhead, warm workers",
+        "pipeline overhead, cold workers",
         "end to end",
         "upload latency p50",
         "replay peak RSS",
@@ -57,6 +62,8 @@ def test_bench_prints_every_ratio_at_a_tiny_size() -> None:
         "cost model, worker CPU ms per delivery of each handler",
         "events inline, peak RSS",
         "create_upload ms, 5 each, interleaved: events p50",
+        "[cold, ours first in block 1 of 2, then alternating]",
+        "[warm, ours first in block 1 of 2, then alternating]",
     ):
         assert figure in result.stdout, result.stdout
 
@@ -79,3 +86,23 @@ def test_noop_handlers_are_a_replaced_consumer_not_a_mutated_one() -> None:
     # The consumer task was built for its queue: a variant cannot move it.
     with pytest.raises(ValueError):
         replace_consumer(dataclasses.replace(original, queue="elsewhere"))
+
+
+def test_both_databases_run_as_children_and_end_side_by_side() -> None:
+    from bench.pipeline import child_argv, side_by_side
+    from bench.ratios import Ratio
+
+    argv = ["--events", "5", "--database=both", "--json", "out.json", "--rounds", "2"]
+    assert child_argv(argv, "postgres", "/tmp/p.json") == [
+        *["--events", "5", "--rounds", "2"],
+        *["--database", "postgres", "--json", "/tmp/p.json"],
+    ]
+    low = dataclasses.asdict(Ratio("pipeline overhead", 0.75, 0.85, True, ""))
+    high = dataclasses.asdict(Ratio("pipeline overhead", 0.75, 0.7, True, ""))
+    latency = dataclasses.asdict(Ratio("upload latency p50", 1.4, 1.0, False, ""))
+    lines = side_by_side({"sqlite": [low, latency], "postgres": [high]})
+    assert lines == [
+        "side by side: ratio | sqlite | postgres",
+        "side by side: pipeline overhead | 0.75 MISSED (>= 0.85) | 0.75 met (>= 0.7)",
+        "side by side: upload latency p50 | 1.40 MISSED (<= 1.0) | -",
+    ]

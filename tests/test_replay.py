@@ -660,19 +660,19 @@ def test_inline_hold_is_counted_on_the_database_clock_not_the_host_clock(
     real_now = timezone.now
     monkeypatch.setattr(timezone, "now", lambda: real_now() - dt.timedelta(minutes=10))
     seen_by_relay: list[bool] = []
-    real_run = housekeeping.replay.run_delivery
+    real_claim = housekeeping.replay.claim_batch
 
-    def run_and_look(**kwargs: Any):
-        # The moment the inline run starts: the relay must leave this delivery to it.
-        pk = kwargs["delivery_id"]
-        due = pk in due_delivery_ids(["probe"], limit=100)
-        # Marked sent before the database's now: the relay's loss count would expect its
-        # message in the queue and send it again.
-        counted_as_out = Delivery.objects.filter(pk=pk, enqueued_at__lt=Now()).exists()
-        seen_by_relay.append(due or counted_as_out)
-        return real_run(**kwargs)
+    def claim_and_look(deliveries: list[Delivery], **kwargs: Any):
+        # The moment the inline run starts: the relay must leave these deliveries to it.
+        for delivery in deliveries:
+            due = delivery.pk in due_delivery_ids(["probe"], limit=100)
+            # Marked sent before the database's now: the relay's loss count would expect
+            # its message in the queue and send it again.
+            counted_as_out = Delivery.objects.filter(pk=delivery.pk, enqueued_at__lt=Now())
+            seen_by_relay.append(due or counted_as_out.exists())
+        return real_claim(deliveries, **kwargs)
 
-    monkeypatch.setattr(housekeeping.replay, "run_delivery", run_and_look)
+    monkeypatch.setattr(housekeeping.replay, "claim_batch", claim_and_look)
 
     # when it is replayed inline
     replay("--inline", "--dead", "--consumer", "probe")

@@ -11,6 +11,9 @@ EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=30)
 # How long the relay leaves a delivery to the process that is publishing it (on commit,
 # a retry, another relay) before it counts the unconfirmed send as lost.
 EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=10)
+# Prototype (issue 17): publish after commit from a per-process background thread that
+# batches, instead of in the request (events.publisher).
+EVENTS_PUBLISH_IN_BACKGROUND = env.bool("EVENTS_PUBLISH_IN_BACKGROUND", default=False)
 # Exponential backoff with equal jitter (half fixed, half random) for transient errors.
 EVENTS_RETRY_BACKOFF_SECONDS = env.float("EVENTS_RETRY_BACKOFF_SECONDS", default=2.0)
 EVENTS_RETRY_BACKOFF_MAX_SECONDS = env.int("EVENTS_RETRY_BACKOFF_MAX_SECONDS", default=600)
