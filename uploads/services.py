@@ -110,7 +110,8 @@ def create_upload(
     of one user, on any hosts, cannot both take the last place). ``name`` (else the file's own name) goes through ``clean_filename``.
 
     The row, the event and its deliveries commit in one transaction; the stored file
-    is removed again if that transaction fails. That transaction is durable (the
+    is removed again if, and only if, that transaction did not commit, whatever is
+    raised (a ``SystemExit`` after the commit keeps it). That transaction is durable (the
     outermost one): inside a caller's transaction a later rollback there would leave the
     stored file behind, so Django raises ``RuntimeError`` instead.
     """
@@ -158,10 +159,29 @@ def create_upload(
                 },
             )
     except BaseException:
-        if upload.file.name:
+        # Whatever is raised (gunicorn aborts a worker with SystemExit, which Django's
+        # robust on-commit lets through), the file goes only with a transaction that
+        # did not commit: a committed row must keep its bytes.
+        if upload.file.name and not _upload_row_exists(upload.pk):
             default_storage.delete(upload.file.name)
         raise
     return upload
+
+
+def _upload_row_exists(upload_id: int | None) -> bool:
+    """Whether the upload row is in the database; ``True`` when that cannot be told.
+
+    The database, not the exception, says whether the transaction committed: an
+    on-commit callback may raise after the commit, and a failure inside COMMIT itself
+    leaves the outcome unknown (then an orphan file beats a row whose file is gone).
+    """
+    if upload_id is None:
+        return False
+    try:
+        return Upload.objects.filter(pk=upload_id).exists()
+    except Exception:
+        logger.warning("could not tell whether upload %s committed; keeping its file", upload_id)
+        return True
 
 
 def delete_upload(
