@@ -10,12 +10,14 @@ import math
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
+from events import PermanentError
 from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone, UploadLimitExceeded, UploadRejected
@@ -187,7 +189,8 @@ def _upload_row_exists(upload_id: int | None) -> bool:
 def delete_upload(
     upload: Upload, *, actor: AbstractBaseUser | None, correlation_id: str = ""
 ) -> None:
-    """Delete ``upload`` and publish ``file.deleted``; the stored file goes after commit.
+    """Delete ``upload`` and publish ``file.deleted``; the storage consumer removes the
+    stored file after commit (``delete_stored_file``), retrying until it can.
 
     Raises ``UploadGone``, recording nothing, when the upload was deleted already (a
     double click, an API retry, two admins, a stale object): the row is re-read under a
@@ -199,7 +202,6 @@ def delete_upload(
         current = Upload.objects.select_for_update().filter(pk=upload.pk).first()
         if current is None:
             raise UploadGone(upload.pk)
-        storage_name = current.file.name
         record_event(
             event_type=FILE_DELETED,
             aggregate_id=current.pk,
@@ -209,14 +211,22 @@ def delete_upload(
                 "upload_id": current.pk,
                 "owner_id": current.owner_id,
                 "name": current.original_name,
+                "storage_name": current.file.name,
             },
         )
         upload.delete()
-        transaction.on_commit(lambda: _delete_stored_file(storage_name))
 
 
-def _delete_stored_file(storage_name: str) -> None:
+def delete_stored_file(storage_name: str) -> None:
+    """Remove a deleted upload's stored file from default storage; done if already gone.
+
+    Raises whatever the store raises (``OSError``, botocore errors), so the storage
+    consumer's delivery retries; a name outside the storage is a ``PermanentError``.
+    "" (a ``file.deleted`` from before the storage consumer) has nothing to remove.
+    """
+    if not storage_name:
+        return
     try:
         default_storage.delete(storage_name)
-    except OSError:
-        logger.warning("could not delete stored file %s", storage_name, exc_info=True)
+    except SuspiciousFileOperation as exc:
+        raise PermanentError(f"storage name {storage_name!r} rejected: {exc}") from exc
