@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from pathlib import Path
 from unittest import mock
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 
+from config.settings.storage import storages_for
 from events.delivery import run_delivery
-from events.models import Delivery
-from tests.factories import upload_text
-from uploads.events import FILE_DELETED
+from events.models import Delivery, Event
+from indexing.search import search
+from tests.factories import deletion_consumers, settled, upload_consumers, upload_text
+from tests.processes import wait_for
+from uploads.events import FILE_DELETED, FILE_UPLOADED
+from uploads.http import attachment_response
 from uploads.models import Upload
-from uploads.services import delete_upload
+from uploads.services import create_upload, delete_upload
 
 
 @pytest.mark.django_db(transaction=True)
@@ -104,3 +112,128 @@ def test_a_failed_delete_retries_visibly_until_the_store_takes_it(user):
     Delivery.objects.filter(pk=delivery.pk).update(retry_at=None)
     assert run_delivery(delivery_id=delivery.pk, consumer_name="storage").outcome == "done"
     assert not default_storage.exists(name)
+
+
+# ------------------------------------------------------------------------------
+# MEDIA_STORAGE=s3 against a real SeaweedFS
+# ------------------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+# Headers a download carries on either storage (uploads.http.attachment_response).
+DOWNLOAD_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Disposition",
+    "X-Content-Type-Options",
+    "Content-Security-Policy",
+    "Cross-Origin-Resource-Policy",
+    "Cache-Control",
+    "Referrer-Policy",
+)
+
+
+def local_files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()] if folder.exists() else []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_s3_upload_index_search_download_delete_with_a_worker_sharing_no_directory(
+    s3_worker, s3_media, signed_in, user, settings
+):
+    text = b"the zebra crossing is striped"
+    pdf = (FIXTURES / "report.pdf").read_bytes()
+    ids = {}
+    for name, data in (("zebra.txt", text), ("pelican-report.pdf", pdf)):
+        response = signed_in.post("/api/uploads/", {"file": SimpleUploadedFile(name, data)})
+        assert response.status_code == 201, response.content
+        ids[name] = response.json()["id"]
+    # The objects are in the bucket, nothing is on this process's disk.
+    stored = {Upload.objects.get(pk=pk).file.name for pk in ids.values()}
+    assert set(s3_media.keys()) == stored
+    assert local_files(Path(settings.MEDIA_ROOT)) == []
+
+    for pk in ids.values():
+        event = Event.objects.get(aggregate_id=str(pk), type=FILE_UPLOADED)
+        assert wait_for(lambda e=event: settled(e), what="deliveries") == dict.fromkeys(
+            upload_consumers(), "done"
+        )
+    # Indexed by the worker, which read both through S3 (the PDF in its child process).
+    assert [hit.upload_id for hit in search(query="striped", owner_id=user.pk)] == [
+        ids["zebra.txt"]
+    ]
+    assert [hit.upload_id for hit in search(query="albatross", owner_id=user.pk)] == [
+        ids["pelican-report.pdf"]
+    ]
+
+    for name, data in (("zebra.txt", text), ("pelican-report.pdf", pdf)):
+        response = signed_in.get(f"/api/uploads/{ids[name]}/download/")
+        assert response.status_code == 200
+        assert response.streaming
+        assert b"".join(response.streaming_content) == data
+        assert response["Content-Length"] == str(len(data))
+        assert response["Content-Disposition"].startswith("attachment")
+        assert response["X-Content-Type-Options"] == "nosniff"
+
+    for pk in ids.values():
+        assert signed_in.delete(f"/api/uploads/{pk}/").status_code == 204
+        event = Event.objects.get(aggregate_id=str(pk), type=FILE_DELETED)
+        assert wait_for(lambda e=event: settled(e), what="deletions") == dict.fromkeys(
+            deletion_consumers(), "done"
+        )
+    assert s3_media.keys() == []
+
+
+@pytest.mark.django_db
+def test_a_download_from_s3_has_the_headers_of_a_local_one_and_streams(
+    s3_media, seaweedfs, user, settings
+):
+    from_s3 = attachment_response(upload_text(user, "same bytes", name="page.html"))
+
+    settings.STORAGES = storages_for("filesystem")
+    on_disk = attachment_response(upload_text(user, "same bytes", name="page.html"))
+    settings.STORAGES = storages_for("s3")
+
+    assert {h: from_s3[h] for h in DOWNLOAD_HEADERS} == {h: on_disk[h] for h in DOWNLOAD_HEADERS}
+    assert b"".join(from_s3.streaming_content) == b"same bytes"
+    on_disk.close()
+
+
+@pytest.mark.django_db
+def test_an_s3_download_never_holds_the_file_in_memory(s3_media, user):
+    size = 24 * 1024 * 1024
+    upload = create_upload(owner=user, file=ContentFile(b"x" * size, name="big.txt"))
+    response = attachment_response(Upload.objects.get(pk=upload.pk))
+
+    def drain() -> int:
+        return sum(len(block) for block in response.streaming_content)
+
+    tracemalloc.start()
+    try:
+        received = drain()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        response.close()
+
+    assert received == size
+    # django-storages' own S3File downloads the whole object into memory first.
+    assert peak < size / 8
+
+
+@pytest.mark.django_db
+def test_the_storage_consumer_removes_an_s3_object(s3_media, user):
+    upload = upload_text(user)
+    upload_id = upload.pk
+    assert s3_media.keys() == [upload.file.name]
+    delete_upload(upload, actor=user)
+    assert s3_media.keys() == [upload.file.name]
+
+    outcome = run_delivery(delivery_id=storage_delivery(upload_id).pk, consumer_name="storage")
+
+    assert outcome.outcome == "done"
+    assert s3_media.keys() == []
+
+
+@pytest.mark.django_db
+def test_reading_a_missing_s3_object_is_file_not_found(s3_media):
+    with pytest.raises(FileNotFoundError):
+        default_storage.open("uploads/none/missing", "rb")

@@ -20,6 +20,8 @@ AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", default="")
 AWS_ACCESS_KEY_ID = env("AWS_ACCESS_KEY_ID", default="")
 AWS_SECRET_ACCESS_KEY = env("AWS_SECRET_ACCESS_KEY", default="")
 AWS_S3_REGION_NAME = env("AWS_S3_REGION_NAME", default="us-east-1")
+# A folder (key prefix) inside the bucket, for a bucket shared with other data.
+AWS_LOCATION = env("AWS_LOCATION", default="")
 # Path-style URLs (endpoint/bucket/key): S3-compatible servers (SeaweedFS, MinIO) are
 # reached by one host name, with no wildcard DNS entry per bucket.
 AWS_S3_ADDRESSING_STYLE = env("AWS_S3_ADDRESSING_STYLE", default="path")
@@ -41,12 +43,18 @@ if _problem:
     # run in all of them, and SystemExit prints this one line with no traceback.
     raise SystemExit(f"refusing to start: {_problem}")
 
-_MEDIA_BACKENDS = {
-    "filesystem": "django.core.files.storage.FileSystemStorage",
-    # django-storages' S3Storage, with files opened for reading streamed (uploads.storage).
-    "s3": "uploads.storage.StreamingS3Storage",
-}
-STORAGES = {
-    "default": {"BACKEND": _MEDIA_BACKENDS[MEDIA_STORAGE]},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-}
+
+def storages_for(media_storage: str) -> dict[str, dict[str, str]]:
+    """Django's ``STORAGES`` for ``MEDIA_STORAGE`` (``filesystem`` or ``s3``)."""
+    backends = {
+        "filesystem": "django.core.files.storage.FileSystemStorage",
+        # django-storages' S3Storage, with files opened for reading streamed (uploads.storage).
+        "s3": "uploads.storage.StreamingS3Storage",
+    }
+    return {
+        "default": {"BACKEND": backends[media_storage]},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+STORAGES = storages_for(MEDIA_STORAGE)
