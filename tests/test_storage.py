@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 from unittest import mock
@@ -11,6 +12,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from config.checks import storage_config_problem
 from config.settings.storage import storages_for
 from events.delivery import run_delivery
 from events.models import Delivery, Event
@@ -235,3 +237,51 @@ def test_the_storage_consumer_removes_an_s3_object(s3_media, user):
 def test_reading_a_missing_s3_object_is_file_not_found(s3_media):
     with pytest.raises(FileNotFoundError):
         default_storage.open("uploads/none/missing", "rb")
+
+
+# ------------------------------------------------------------------------------
+# A storage configuration that cannot work refuses to start, in one line
+# ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("media_storage", "bucket", "endpoint", "names"),
+    [
+        ("filesystem", "", "", None),
+        ("s3", "media", "http://s3.internal:8333", None),
+        ("disk", "", "", "MEDIA_STORAGE"),
+        ("s3", "", "http://s3.internal:8333", "AWS_STORAGE_BUCKET_NAME"),
+        ("s3", "media", "", "AWS_S3_ENDPOINT_URL"),
+        ("s3", "media", "s3.internal:8333", "AWS_S3_ENDPOINT_URL"),
+    ],
+)
+def test_storage_config_problems_name_the_setting(media_storage, bucket, endpoint, names):
+    problem = storage_config_problem(
+        media_storage=media_storage, bucket=bucket, endpoint_url=endpoint
+    )
+
+    assert (problem is None) == (names is None)
+    if names:
+        assert names in problem
+        assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"MEDIA_STORAGE": "nfs"}, "MEDIA_STORAGE"),
+        (
+            {"MEDIA_STORAGE": "s3", "AWS_S3_ENDPOINT_URL": "http://s3.internal"},
+            "AWS_STORAGE_BUCKET_NAME",
+        ),
+        ({"MEDIA_STORAGE": "s3", "AWS_STORAGE_BUCKET_NAME": "media"}, "AWS_S3_ENDPOINT_URL"),
+    ],
+)
+def test_every_process_refuses_a_bad_storage_configuration_in_one_line(run_manage, env, setting):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MEDIA_STORAGE"))}
+    result = run_manage(
+        "check", env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.test", **env}
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("refusing to start: ")
+    assert setting in result.stderr
