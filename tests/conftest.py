@@ -46,11 +46,14 @@ from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer, S3M
 TIER_FIXTURES: dict[str, frozenset[str]] = {
     "worker": frozenset({"_session_worker", "make_worker"}),
     "subprocess": frozenset(
-        {"subprocesses", "run_manage", "make_worker", "pdf_extraction", "seaweedfs"}
+        {"subprocesses", "run_manage", "make_worker", "pdf_extraction", "seaweedfs", "hosts_stack"}
     ),
     "browser": frozenset({"system_chromium"}),
+    # Several hosts in network namespaces (tests/hosts.py): root only; in the
+    # subprocess tier too, so bin/test --fast never makes namespaces.
+    "hosts": frozenset({"hosts_stack"}),
 }
-TIERS = ("worker", "subprocess", "browser", "bench")
+TIERS = ("worker", "subprocess", "browser", "bench", "hosts")
 # The benchmark is one module; its test starts the whole pipeline.
 BENCH_MODULE_PREFIX = "test_bench"
 # Names in tests/processes.py whose use starts a process.
@@ -440,6 +443,27 @@ def s3_worker(
     worker.start()
     yield worker
     worker.stop()
+
+
+# ------------------------------------------------------------------------------
+# Several hosts (network namespaces)
+# ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hosts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The application on five network namespaces (tests/hosts.py), for one module;
+    skipped, in one line, where namespaces cannot be made. Torn down even when a test
+    or the start failed."""
+    from tests.hosts import HostsStack, unusable_reason
+
+    reason = unusable_reason()
+    if reason:
+        pytest.skip(f"several-hosts tests skipped: {reason}")
+    stack = HostsStack(tmp_path_factory.mktemp("hosts"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
 
 
 # ------------------------------------------------------------------------------
