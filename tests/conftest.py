@@ -17,6 +17,7 @@ import inspect
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import types
@@ -449,7 +450,7 @@ def s3_worker(
 # Several hosts (network namespaces)
 # ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def hosts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def hosts_stack() -> Iterator[Any]:
     """The application on five network namespaces (tests/hosts.py), for one module;
     skipped, in one line, where namespaces cannot be made. Torn down even when a test
     or the start failed."""
@@ -458,12 +459,16 @@ def hosts_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = unusable_reason()
     if reason:
         pytest.skip(f"several-hosts tests skipped: {reason}")
-    stack = HostsStack(tmp_path_factory.mktemp("hosts"))
+    # Not under pytest's numbered temp folders: another session on the machine may
+    # rotate those away while these hosts still write there.
+    workdir = Path(tempfile.mkdtemp(prefix="uploads-hosts-"))
+    stack = HostsStack(workdir)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------
