@@ -178,7 +178,10 @@ def test_worker_host_cut_off_from_postgresql_loses_and_acknowledges_nothing(stac
         stack.start_worker("worker2")
 
     expected = 3 * len(upload_consumers())
-    wait_for(lambda: all_done(stack, upload_ids, expected), timeout=60, what="deliveries")
+    try:
+        wait_for(lambda: all_done(stack, upload_ids, expected), timeout=60, what="deliveries")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{ledger_dump(stack, upload_ids)}") from None
     assert_effects_exactly_once(stack, upload_ids)
 
 
