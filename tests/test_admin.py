@@ -22,7 +22,7 @@ from django.utils import timezone
 from events.models import Delivery, DeliveryAttempt, Event
 from events.outbox import record_event
 from events.registry import all_consumers
-from tests.factories import upload_consumers
+from tests.factories import deletion_consumers, upload_consumers
 from tests.probe.handlers import PROBE_EVENT
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.models import Upload
@@ -200,7 +200,7 @@ def test_upload_search_by_id(admin_client, user):
 # ------------------------------------------------------------------------------
 def test_deleting_one_upload_in_admin_goes_through_the_service(admin_client, user):
     upload = make_upload(user)
-    upload_id = upload.pk
+    upload_id, storage_name = upload.pk, upload.file.name
 
     response = admin_client.post(
         reverse("admin:uploads_upload_delete", args=[upload_id]), {"post": "yes"}
@@ -211,9 +211,14 @@ def test_deleting_one_upload_in_admin_goes_through_the_service(admin_client, use
     deleted = Event.objects.get(type=FILE_DELETED, aggregate_id=str(upload_id))
     admin_user = User.objects.get(username="admin")
     assert deleted.actor == admin_user.pk
-    assert deleted.payload == {"upload_id": upload_id, "owner_id": user.pk, "name": "notes.txt"}
+    assert deleted.payload == {
+        "upload_id": upload_id,
+        "owner_id": user.pk,
+        "name": "notes.txt",
+        "storage_name": storage_name,
+    }
     assert set(Delivery.objects.filter(event=deleted).values_list("consumer", flat=True)) == set(
-        upload_consumers()
+        deletion_consumers()
     )
 
 
@@ -231,7 +236,9 @@ def test_bulk_delete_action_publishes_file_deleted_for_each_upload(admin_client,
     assert list(Upload.objects.values_list("pk", flat=True)) == [keep.pk]
     deleted = Event.objects.filter(type=FILE_DELETED)
     assert sorted(int(e.aggregate_id) for e in deleted) == sorted(chosen)
-    assert Delivery.objects.filter(event__type=FILE_DELETED).count() == 3 * len(upload_consumers())
+    assert Delivery.objects.filter(event__type=FILE_DELETED).count() == 3 * len(
+        deletion_consumers()
+    )
 
 
 # ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from events.models import Delivery, Event
-from tests.factories import upload_consumers, upload_text
+from tests.factories import deletion_consumers, upload_consumers, upload_text
 from tests.processes import wait_for
 from uploads.models import ApiToken, Upload
 from uploads.tokens import create_api_token, revoke_api_token, user_for_token
@@ -512,7 +512,7 @@ def test_delete_removes_the_upload_and_publishes_file_deleted(api, user):
     assert not Upload.objects.filter(pk=upload.pk).exists()
     event = Event.objects.get(type="file.deleted", aggregate_id=str(upload.pk))
     assert event.actor == user.pk
-    assert event.deliveries.count() == len(upload_consumers())
+    assert event.deliveries.count() == len(deletion_consumers())
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ APP_SERVICES = {"migrate", "web", "beat", "flower"}
 WORKERS = "workers"
 RUN_WORKERS = ["python", "manage.py", "consumers", "--run-workers"]
 PING_WORKERS = ["python", "manage.py", "consumers", "--ping-workers", "--timeout", "10"]
-INFRA_SERVICES = {"postgres", "redis"}
+INFRA_SERVICES = {"postgres", "redis", "seaweedfs"}
 # Exits once migrations are applied: a healthcheck has nothing to watch.
 ONE_SHOT = {"migrate"}
 
@@ -300,3 +300,30 @@ def test_dockerfile_builds_the_app_from_pyproject_on_python_311_slim():
     assert re.search(r"^USER app$", dockerfile, flags=re.M)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".venv", "var", ".git"} <= set(ignored)
+
+
+def _mounts(service: dict[str, Any]) -> set[str]:
+    """Where a service's volumes come from: a named volume or a host path."""
+    sources = set()
+    for volume in service.get("volumes", []):
+        source = volume.get("source") if isinstance(volume, dict) else volume.split(":", 1)[0]
+        sources.add(str(source))
+    return sources
+
+
+def test_web_and_workers_share_no_volume_and_keep_files_in_the_s3_service():
+    services = _services()
+    app = {name: s for name, s in services.items() if name in APP_SERVICES | {WORKERS}}
+    for name, service in app.items():
+        others = set().union(*(_mounts(s) for n, s in services.items() if n != name))
+        assert not _mounts(service) & others, f"{name} shares a volume"
+    assert _mounts(services["web"]) == set()  # nothing of its own either: files go to S3
+    env = services["web"]["environment"]
+    assert env["MEDIA_STORAGE"] == "s3"
+    assert env["AWS_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+    assert env["AWS_STORAGE_BUCKET_NAME"]
+    assert services["web"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+    seaweedfs = services["seaweedfs"]
+    assert seaweedfs["image"].startswith("chrislusf/seaweedfs:")
+    command = " ".join(_argv(seaweedfs["command"]))
+    assert " -s3 " in f" {command} " and "-s3.port=8333" in command

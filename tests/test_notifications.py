@@ -93,7 +93,7 @@ def deleted_event(owner: User, *, name: str = "notes.txt") -> Event:
             event_type=FILE_DELETED,
             aggregate_id=4242,
             actor=owner.pk,
-            payload={"upload_id": 4242, "owner_id": owner.pk, "name": name},
+            payload={"upload_id": 4242, "owner_id": owner.pk, "name": name, "storage_name": ""},
         )
 
 

@@ -18,7 +18,7 @@ from events.models import Delivery, Event
 from events.outbox import record_event
 from events.registry import all_consumers, consumers_for
 from events.relay import due_delivery_ids, relay_outbox
-from tests.factories import upload_consumers, upload_text
+from tests.factories import deletion_consumers, upload_consumers, upload_text
 from uploads.events import FILE_UPLOADED
 from uploads.models import Upload
 from uploads.services import delete_upload
@@ -122,22 +122,25 @@ def test_recording_an_event_outside_a_transaction_is_refused():
         )
 
 
-def test_deleted_upload_keeps_its_file_until_the_transaction_commits(
+def test_deleted_upload_keeps_its_file_for_the_storage_consumer(
     user, settings, django_capture_on_commit_callbacks
 ):
     upload = upload_text(user)
-    upload_id = upload.pk
+    upload_id, storage_name = upload.pk, upload.file.name
 
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+    with django_capture_on_commit_callbacks(execute=True):
         delete_upload(upload, actor=user)
-    assert len(stored_files(settings)) == 1
-    for callback in callbacks:
-        callback()
 
-    assert stored_files(settings) == []
+    # The storage consumer removes it (tests/test_storage.py), retrying until it can.
+    assert len(stored_files(settings)) == 1
     event = Event.objects.get(aggregate_id=str(upload_id), type="file.deleted")
-    assert event.payload == {"upload_id": upload_id, "owner_id": user.pk, "name": "notes.txt"}
-    assert Delivery.objects.filter(event=event).count() == len(upload_consumers())
+    assert event.payload == {
+        "upload_id": upload_id,
+        "owner_id": user.pk,
+        "name": "notes.txt",
+        "storage_name": storage_name,
+    }
+    assert Delivery.objects.filter(event=event).count() == len(deletion_consumers())
 
 
 def due_ids() -> set[int]:

@@ -93,7 +93,12 @@ def deleted_event(owner_id: int, upload_id: int = 7) -> Event:
         return record_event(
             event_type=FILE_DELETED,
             aggregate_id=upload_id,
-            payload={"upload_id": upload_id, "owner_id": owner_id, "name": "gone.txt"},
+            payload={
+                "upload_id": upload_id,
+                "owner_id": owner_id,
+                "name": "gone.txt",
+                "storage_name": "",
+            },
         )
 
 

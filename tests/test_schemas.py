@@ -55,7 +55,7 @@ def stored_rows() -> tuple[int, int]:
 def test_each_event_type_declares_its_payload_schema_per_version():
     assert {FILE_UPLOADED, FILE_DELETED} <= set(schemas.types())
     assert schemas.current_version(FILE_UPLOADED) == 2
-    assert schemas.current_version(FILE_DELETED) == 1
+    assert schemas.current_version(FILE_DELETED) == 2
 
     v1 = schemas.get(FILE_UPLOADED, 1)
     v2 = schemas.get(FILE_UPLOADED, 2)
@@ -63,6 +63,12 @@ def test_each_event_type_declares_its_payload_schema_per_version():
     assert set(v2.fields) == set(v1.fields) | {"content_type", "sha256"}
     assert (v1.upcast, v2.upcast is not None) == (None, True)
     assert set(schemas.get(FILE_DELETED, 1).fields) == {"upload_id", "owner_id", "name"}
+    assert set(schemas.get(FILE_DELETED, 2).fields) == {
+        "upload_id",
+        "owner_id",
+        "name",
+        "storage_name",
+    }
 
 
 def test_a_later_version_without_an_upcaster_cannot_be_declared():

@@ -56,3 +56,25 @@ schemas.declare(
         fields={"upload_id": int, "owner_id": int, "name": str},
     )
 )
+
+
+def _file_deleted_v1_to_v2(payload: dict) -> dict:
+    """v1 events' files were removed by the deleting process itself: nothing to remove."""
+    return {**payload, "storage_name": ""}
+
+
+schemas.declare(
+    EventSchema(
+        type=FILE_DELETED,
+        version=2,
+        fields={
+            "upload_id": int,
+            "owner_id": int,
+            "name": str,
+            # The stored file to remove (the ``storage`` consumer does, after commit);
+            # "" for events upcast from v1.
+            "storage_name": str,
+        },
+        upcast=_file_deleted_v1_to_v2,
+    )
+)

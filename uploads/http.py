@@ -101,6 +101,10 @@ def attachment_response(upload: Upload) -> FileResponse:
         upload.file.open("rb"),
         content_type=served_content_type(upload.content_type),
     )
+    if "Content-Length" not in response:
+        # A streamed object (MEDIA_STORAGE=s3) cannot be measured by seeking; the row
+        # has its size, so a download still announces it, as from the local disk.
+        response["Content-Length"] = str(upload.size)
     response["Content-Disposition"] = content_disposition(upload.original_name)
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = DOWNLOAD_CSP

@@ -10,12 +10,14 @@ import math
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
+from events import PermanentError
 from events.outbox import record_event
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.exceptions import UploadGone, UploadLimitExceeded, UploadRejected
@@ -110,7 +112,8 @@ def create_upload(
     of one user, on any hosts, cannot both take the last place). ``name`` (else the file's own name) goes through ``clean_filename``.
 
     The row, the event and its deliveries commit in one transaction; the stored file
-    is removed again if that transaction fails. That transaction is durable (the
+    is removed again if, and only if, that transaction did not commit, whatever is
+    raised (a ``SystemExit`` after the commit keeps it). That transaction is durable (the
     outermost one): inside a caller's transaction a later rollback there would leave the
     stored file behind, so Django raises ``RuntimeError`` instead.
     """
@@ -158,16 +161,36 @@ def create_upload(
                 },
             )
     except BaseException:
-        if upload.file.name:
+        # Whatever is raised (gunicorn aborts a worker with SystemExit, which Django's
+        # robust on-commit lets through), the file goes only with a transaction that
+        # did not commit: a committed row must keep its bytes.
+        if upload.file.name and not _upload_row_exists(upload.pk):
             default_storage.delete(upload.file.name)
         raise
     return upload
 
 
+def _upload_row_exists(upload_id: int | None) -> bool:
+    """Whether the upload row is in the database; ``True`` when that cannot be told.
+
+    The database, not the exception, says whether the transaction committed: an
+    on-commit callback may raise after the commit, and a failure inside COMMIT itself
+    leaves the outcome unknown (then an orphan file beats a row whose file is gone).
+    """
+    if upload_id is None:
+        return False
+    try:
+        return Upload.objects.filter(pk=upload_id).exists()
+    except Exception:
+        logger.warning("could not tell whether upload %s committed; keeping its file", upload_id)
+        return True
+
+
 def delete_upload(
     upload: Upload, *, actor: AbstractBaseUser | None, correlation_id: str = ""
 ) -> None:
-    """Delete ``upload`` and publish ``file.deleted``; the stored file goes after commit.
+    """Delete ``upload`` and publish ``file.deleted``; the storage consumer removes the
+    stored file after commit (``delete_stored_file``), retrying until it can.
 
     Raises ``UploadGone``, recording nothing, when the upload was deleted already (a
     double click, an API retry, two admins, a stale object): the row is re-read under a
@@ -179,7 +202,6 @@ def delete_upload(
         current = Upload.objects.select_for_update().filter(pk=upload.pk).first()
         if current is None:
             raise UploadGone(upload.pk)
-        storage_name = current.file.name
         record_event(
             event_type=FILE_DELETED,
             aggregate_id=current.pk,
@@ -189,14 +211,22 @@ def delete_upload(
                 "upload_id": current.pk,
                 "owner_id": current.owner_id,
                 "name": current.original_name,
+                "storage_name": current.file.name,
             },
         )
         upload.delete()
-        transaction.on_commit(lambda: _delete_stored_file(storage_name))
 
 
-def _delete_stored_file(storage_name: str) -> None:
+def delete_stored_file(storage_name: str) -> None:
+    """Remove a deleted upload's stored file from default storage; done if already gone.
+
+    Raises whatever the store raises (``OSError``, botocore errors), so the storage
+    consumer's delivery retries; a name outside the storage is a ``PermanentError``.
+    "" (a ``file.deleted`` from before the storage consumer) has nothing to remove.
+    """
+    if not storage_name:
+        return
     try:
         default_storage.delete(storage_name)
-    except OSError:
-        logger.warning("could not delete stored file %s", storage_name, exc_info=True)
+    except SuspiciousFileOperation as exc:
+        raise PermanentError(f"storage name {storage_name!r} rejected: {exc}") from exc

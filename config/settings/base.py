@@ -328,3 +328,4 @@ LOGGING = {
 # ------------------------------------------------------------------------------
 from config.settings.celery import *  # noqa: E402, F403
 from config.settings.events import *  # noqa: E402, F403
+from config.settings.storage import *  # noqa: E402, F403
