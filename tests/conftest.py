@@ -537,3 +537,16 @@ def signed_in(client: Client, user: User) -> Client:
     """The test client, signed in as ``user``."""
     client.force_login(user)
     return client
+
+
+# ------------------------------------------------------------------------------
+# A webhook receiver on loopback
+# ------------------------------------------------------------------------------
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A scripted HTTP receiver on loopback (``tests.webhook_receiver``), closed after."""
+    from tests.webhook_receiver import Receiver
+
+    server = Receiver()
+    yield server
+    server.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from celery import current_app
@@ -24,20 +23,13 @@ from events.models import Delivery, Event
 from events.testing import drain
 from tests.factories import upload_text
 from tests.processes import wait_for
-from tests.webhook_receiver import Receiver, Reply
+from tests.webhook_receiver import Reply, deliver_webhooks
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.services import delete_upload
 from webhooks import transport
 from webhooks.consumer import calls, fan_out
 from webhooks.models import Call, Endpoint, EndpointDelivery
 from webhooks.services import EndpointRefused, add_endpoint, parse_retry_after, send_ping
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
 
 
 def call_delivery(event: Event, endpoint: Endpoint) -> Delivery | None:
@@ -76,12 +68,6 @@ def worker_finished(live_worker, task_name: str, task_id: str) -> bool:
         f"{task_name}[{task_id}] succeeded" in line
         for line in live_worker.log_path.read_text(errors="replace").splitlines()
     )
-
-
-def deliver_webhooks() -> None:
-    """Fan out and make every waiting call once, in-process."""
-    drain(fan_out.name)
-    drain(calls.name)
 
 
 # ------------------------------------------------------------------------------

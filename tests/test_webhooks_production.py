@@ -9,7 +9,6 @@ where it failed: alice's second endpoint waited behind the trickling one.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
 
@@ -24,27 +23,11 @@ from events.models import Delivery, Event
 from events.testing import drain
 from tests.factories import upload_text
 from tests.processes import wait_for
-from tests.webhook_receiver import Receiver, Reply
+from tests.webhook_receiver import Reply, deliver_webhooks
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from uploads.services import delete_upload
 from webhooks.models import RESPONSE_KEPT_BYTES, Call, Endpoint, EndpointDelivery
 from webhooks.services import add_endpoint, prune_calls, rotate_secret, send_ping
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-def deliver_webhooks() -> None:
-    """Fan out and make every waiting call once, in-process (whatever the consumers are)."""
-    from events.registry import all_consumers
-
-    for consumer in all_consumers():
-        if consumer.name.startswith("webhook"):
-            drain(consumer.name)
 
 
 def mails(settings) -> list:

@@ -17,30 +17,14 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from events.models import Delivery
-from events.registry import all_consumers
-from events.testing import drain
 from tests.factories import upload_text
 from tests.processes import wait_for
-from tests.webhook_receiver import Receiver, Reply
+from tests.webhook_receiver import Reply, deliver_webhooks
 from webhooks import transport
 from webhooks.models import Call, Endpoint
 from webhooks.services import EndpointRefused, add_endpoint, send_ping
 
 SLACK_STYLE_SECRET = "B00000000/hunter2xyzzyPathSecret"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-def deliver_webhooks() -> None:
-    """Run every webhook consumer's waiting deliveries in-process, each once, in order."""
-    for consumer in all_consumers():
-        if consumer.name.startswith("webhook"):
-            drain(consumer.name)
 
 
 # ------------------------------------------------------------------------------
@@ -225,10 +209,12 @@ def test_calls_leave_no_descriptor_and_no_deadline_timer_behind(user, receiver):
     send_ping(endpoint=endpoint)  # the first call opens what stays open anyway (database)
     descriptors = len(os.listdir("/proc/self/fd"))
 
-    for _ in range(5):
+    for _ in range(10):
         assert send_ping(endpoint=endpoint).outcome == "delivered"
 
-    assert len(os.listdir("/proc/self/fd")) == descriptors
+    # A leak is one descriptor per call (10); other threads of the session (a relay
+    # loop's connection, a receiver's socket) may open or close one meanwhile.
+    assert len(os.listdir("/proc/self/fd")) - descriptors < 3
     assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
 
 

@@ -122,3 +122,12 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def deliver_webhooks() -> None:
+    """Fan out and make every waiting call once, in-process (the real claim and finish)."""
+    from events.testing import drain
+    from webhooks.consumer import calls, fan_out
+
+    drain(fan_out.name)
+    drain(calls.name)
