@@ -101,6 +101,10 @@ def assert_effects_exactly_once(
     )
     assert audit == [(len(upload_ids),)]
     ids = {str(event_id) for (event_id,) in events}
+    # The calls are deliveries of their own (webhook_calls), after the fan-out is done.
+    wait_for(
+        lambda: ids <= set(stack.receiver.calls), timeout=60, what="every event's webhook call"
+    )
     calls = [call for call in stack.receiver.calls if call in ids]
     assert set(calls) == ids  # each event's webhook called, under its own webhook-id
     assert len(calls) - len(ids) <= calls_cut_in_flight
