@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from events.db import fetch_instance, now_plus_seconds_sql, now_sql
 from events.exceptions import DeliveryBusy, PermanentError
-from events.models import Delivery, DeliveryAttempt, Event
+from events.models import ConsumerState, Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, Handler, TwoStepHandler, get_consumer
 from events.schemas import Envelope, schemas
 
@@ -66,7 +66,8 @@ class LeaseLost(Exception):
 @dataclass(frozen=True)
 class DeliveryOutcome:
     """What ``run_delivery`` did: ``done``, ``skipped``, ``retry`` (due in ``countdown`` s,
-    committed for the relay to publish) or ``dead``."""
+    committed for the relay to publish), ``dead``, or ``parked`` (its consumer is held:
+    no attempt counted, no message out until it may run)."""
 
     outcome: str
     reason: str = ""
@@ -144,6 +145,8 @@ CLAIM_SQL = """
        AND (state IN ('pending', 'retrying')
             OR (state = 'running' AND lease_expires_at < {now}
                 AND attempts - attempts_at_redrive < %s))
+       AND NOT EXISTS (SELECT 1 FROM events_consumerstate
+                        WHERE name = %s AND paused)
  RETURNING attempts, attempts_at_redrive, event_id"""
 FINISH_SQL = """
     UPDATE events_delivery
@@ -159,12 +162,17 @@ def claim_delivery(
 
     Pending and retrying deliveries may be claimed (their last attempt, if any, finished
     and was recorded, so a replayed dead one gets one more try even with its attempts
-    used up); a running one only once its lease expired and attempts remain.
+    used up); a running one only once its lease expired and attempts remain. None while
+    its consumer is paused: the same statement reads the pause, so it costs no round
+    trip, and the delivery is parked instead (``_not_claimed``).
     """
     started_at = timezone.now()
     sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
     with connection.cursor() as cursor:
-        cursor.execute(sql, [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts])
+        cursor.execute(
+            sql,
+            [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts, consumer.name],
+        )
         row = cursor.fetchone()
     if row is None:
         return _not_claimed(delivery_id, consumer)
@@ -207,6 +215,9 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     if row["state"] in (Delivery.State.DONE, Delivery.State.DEAD):
         # Another message for the same delivery got here first: dedupe.
         return DeliveryOutcome("skipped", f"already {row['state']}")
+    held = _held_reason(consumer)
+    if held:
+        return park_delivery(delivery_id, held)
     reason = f"{exhausted(row['attempts'], row['attempts_at_redrive'])}: {DID_NOT_FINISH}"
     gave_up = Delivery.objects.filter(
         _expired_and_exhausted(consumer), pk=delivery_id, attempts=row["attempts"]
@@ -223,6 +234,38 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     # A live lease: the attempt holding it finishes, or its lease expires and the relay
     # publishes the delivery again. This duplicate message has nothing to do.
     return DeliveryOutcome("skipped", f"running elsewhere (lease until {row['lease_expires_at']})")
+
+
+def _held_reason(consumer: Consumer) -> str:
+    """Why ``consumer``'s deliveries may not run now (paused), or ``""``."""
+    row = ConsumerState.objects.filter(name=consumer.name, paused=True).values("paused_reason")
+    paused = row.first()
+    if paused is None:
+        return ""
+    reason = paused["paused_reason"]
+    return f"consumer paused: {reason}" if reason else "consumer paused"
+
+
+def park_delivery(delivery_id: int, reason: str) -> DeliveryOutcome:
+    """Leave a delivery that may not run now waiting with no message out, attempts untouched.
+
+    The message that brought it is acknowledged; the relay publishes the delivery again
+    once its consumer is resumed, as any due delivery with no message out. A running one
+    whose attempt died (lease expired) keeps its state and loses only its message mark, so
+    the relay's expired-lease step sends it again then.
+    """
+    waiting = Q(state__in=Delivery.WAITING_STATES)
+    orphaned = Q(state=Delivery.State.RUNNING, lease_expires_at__lt=Now())
+    parked = Delivery.objects.filter(waiting | orphaned, pk=delivery_id).update(
+        enqueued_at=None,
+        updated_at=Now(),
+        # Due at once when it may run again (a fresh delivery has no due time yet).
+        retry_at=Case(When(waiting & Q(retry_at__isnull=True), then=Now()), default=F("retry_at")),
+    )
+    if not parked:
+        return DeliveryOutcome("skipped", f"running elsewhere; {reason}")
+    logger.info("delivery %s parked: %s", delivery_id, reason)
+    return DeliveryOutcome("parked", reason)
 
 
 def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> None:

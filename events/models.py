@@ -159,10 +159,18 @@ class ConsumerState(models.Model):
     dead-letters its deliveries only when no process has declared it for
     ``EVENTS_RETIRED_CONSUMER_GRACE_SECONDS``: during a rolling deploy, older code must
     not dead-letter a consumer that newer code added.
+
+    ``paused``: an operator holds the consumer (``consumers pause``). Its claims are
+    refused in the claim statement itself, a message that arrives parks its delivery
+    (no message out, no attempt counted) and the relay leaves it alone until ``resume``.
+    Here, not in a process, so a pause outlives restarts and holds on every host.
     """
 
     name = models.CharField(max_length=100, primary_key=True)
     declared_at = models.DateTimeField(db_default=Now())
+    paused = models.BooleanField(default=False)
+    paused_reason = models.CharField(max_length=500, blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "consumer"

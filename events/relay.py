@@ -22,6 +22,9 @@ clock, with no transaction held while it talks to Redis:
    process has declared for ``EVENTS_RETIRED_CONSUMER_GRACE_SECONDS`` go dead with
    ``consumer no longer registered``; they can be replayed if it comes back.
 
+A paused consumer (``events.control``) is left out of steps 1 to 3: its parked
+deliveries wait with no message out until it is resumed, and the next pass sends them.
+
 ``docs/architecture.md`` ("What the broker can lose") says what each loss looks like
 and how long each takes to heal.
 """
@@ -44,6 +47,7 @@ from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from events.control import running_consumers
 from events.db import now_sql, seconds_ago_sql
 from events.models import ConsumerState, Delivery
 from events.outbox import BROKER_ERRORS, broker_client, publish_deliveries_now
@@ -114,9 +118,11 @@ def relay_outbox(*, batch_size: int | None = None) -> RelayResult:
             )
             if housekeeping_due:
                 declare_consumers(consumer.name for consumer in consumers)
-            published, complete = publish_due(consumers, batch_size=batch_size)
+            # A paused consumer's deliveries wait, parked, until it is resumed.
+            running = running_consumers(consumers)
+            published, complete = publish_due(running, batch_size=batch_size)
             if complete and client is not None:
-                healed = heal_lost_messages(client, consumers)
+                healed = heal_lost_messages(client, running)
     except BROKER_ERRORS as exc:
         logger.warning("relay: broker unavailable (%s); trying again next pass", exc)
         return RelayResult(published + healed, broker_failed=True, healed=healed)
