@@ -44,6 +44,8 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from events import breaker
+from events.breaker import CLAIM_BREAKER_ROW_SQL, CLAIM_HOLD_SQL
 from events.db import fetch_instance, now_plus_seconds_sql, now_sql
 from events.exceptions import DeliveryBusy, PermanentError
 from events.models import ConsumerState, Delivery, DeliveryAttempt, Event
@@ -83,6 +85,10 @@ class Claim:
     attempt: int
     started_at: dt.datetime
     attempts_at_redrive: int = 0
+    # The delivery's breaker key, and whether that breaker had a row when it was claimed
+    # (only then does the end of the attempt write to it: see events.breaker).
+    breaker_key: str = ""
+    breaker_row: bool = False
 
     @property
     def budget_used(self) -> int:
@@ -145,9 +151,8 @@ CLAIM_SQL = """
        AND (state IN ('pending', 'retrying')
             OR (state = 'running' AND lease_expires_at < {now}
                 AND attempts - attempts_at_redrive < %s))
-       AND NOT EXISTS (SELECT 1 FROM events_consumerstate
-                        WHERE name = %s AND paused)
- RETURNING attempts, attempts_at_redrive, event_id"""
+{hold}
+ RETURNING attempts, attempts_at_redrive, event_id, breaker_key, {breaker_row}"""
 FINISH_SQL = """
     UPDATE events_delivery
        SET state = 'done', completed_at = {now}, lease_expires_at = NULL, retry_at = NULL,
@@ -163,20 +168,35 @@ def claim_delivery(
     Pending and retrying deliveries may be claimed (their last attempt, if any, finished
     and was recorded, so a replayed dead one gets one more try even with its attempts
     used up); a running one only once its lease expired and attempts remain. None while
-    its consumer is paused: the same statement reads the pause, so it costs no round
-    trip, and the delivery is parked instead (``_not_claimed``).
+    its consumer is paused or its breaker is open (unless it is the breaker's probe): the
+    same statement reads both, so they cost no round trip, and the delivery is parked
+    instead (``_not_claimed``).
     """
     started_at = timezone.now()
-    sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql())
+    sql = CLAIM_SQL.format(
+        now=now_sql(),
+        lease=now_plus_seconds_sql(),
+        hold=CLAIM_HOLD_SQL,
+        breaker_row=CLAIM_BREAKER_ROW_SQL,
+    )
+    name = consumer.name
     with connection.cursor() as cursor:
         cursor.execute(
             sql,
-            [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts, consumer.name],
+            [
+                lease_seconds(consumer),
+                task_id,
+                delivery_id,
+                consumer.max_attempts,
+                name,
+                name,
+                name,
+            ],
         )
         row = cursor.fetchone()
     if row is None:
         return _not_claimed(delivery_id, consumer)
-    attempts, attempts_at_redrive, event_id = row
+    attempts, attempts_at_redrive, event_id, breaker_key, breaker_row = row
     event = fetch_instance(Event, event_id)
     delivery = Delivery(
         pk=delivery_id,
@@ -185,7 +205,15 @@ def claim_delivery(
         state=Delivery.State.RUNNING,
         attempts=attempts,
     )
-    return Claim(delivery, consumer, attempts, started_at, attempts_at_redrive)
+    return Claim(
+        delivery,
+        consumer,
+        attempts,
+        started_at,
+        attempts_at_redrive,
+        breaker_key,
+        bool(breaker_row),
+    )
 
 
 def lease_seconds(consumer: Consumer) -> float:
@@ -206,7 +234,7 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     """Why a claim took nothing: gone, finished, leased elsewhere, or out of attempts."""
     row = (
         Delivery.objects.filter(pk=delivery_id).values(
-            "state", "attempts", "attempts_at_redrive", "lease_expires_at"
+            "state", "attempts", "attempts_at_redrive", "lease_expires_at", "breaker_key"
         )
     ).first()
     if row is None:
@@ -215,9 +243,13 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     if row["state"] in (Delivery.State.DONE, Delivery.State.DEAD):
         # Another message for the same delivery got here first: dedupe.
         return DeliveryOutcome("skipped", f"already {row['state']}")
-    held = _held_reason(consumer)
+    held = _held_reason(consumer, row["breaker_key"])
     if held:
         return park_delivery(delivery_id, held)
+    if row["state"] in Delivery.WAITING_STATES:
+        # Claimable, yet the claim refused it: it was held, and a resume or a closing
+        # breaker let it go since. Parked, it is due with no message out: the relay sends it.
+        return park_delivery(delivery_id, "held a moment ago")
     reason = f"{exhausted(row['attempts'], row['attempts_at_redrive'])}: {DID_NOT_FINISH}"
     gave_up = Delivery.objects.filter(
         _expired_and_exhausted(consumer), pk=delivery_id, attempts=row["attempts"]
@@ -236,14 +268,16 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     return DeliveryOutcome("skipped", f"running elsewhere (lease until {row['lease_expires_at']})")
 
 
-def _held_reason(consumer: Consumer) -> str:
-    """Why ``consumer``'s deliveries may not run now (paused), or ``""``."""
+def _held_reason(consumer: Consumer, breaker_key: str) -> str:
+    """Why ``consumer``'s deliveries under ``breaker_key`` may not run now, or ``""``."""
     row = ConsumerState.objects.filter(name=consumer.name, paused=True).values("paused_reason")
     paused = row.first()
-    if paused is None:
-        return ""
-    reason = paused["paused_reason"]
-    return f"consumer paused: {reason}" if reason else "consumer paused"
+    if paused is not None:
+        reason = paused["paused_reason"]
+        return f"consumer paused: {reason}" if reason else "consumer paused"
+    if breaker.is_open(consumer=consumer.name, key=breaker_key):
+        return f"breaker {breaker.describe_key(consumer.name, breaker_key)} open"
+    return ""
 
 
 def park_delivery(delivery_id: int, reason: str) -> DeliveryOutcome:
@@ -288,6 +322,8 @@ def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> Non
             if cursor.rowcount != 1:
                 raise LeaseLost(_lease_lost(claim))
         _record_attempt(claim, DeliveryAttempt.Outcome.DONE, task_id, worker)
+        if claim.breaker_row:
+            breaker.record_success(consumer=claim.consumer, key=claim.breaker_key)
 
 
 def fail_delivery(
@@ -295,10 +331,20 @@ def fail_delivery(
 ) -> DeliveryOutcome:
     """Record a failed attempt: dead when ``permanent`` or out of attempts, else retrying."""
     reason = describe(error)
-    if permanent or claim.budget_used >= claim.consumer.max_attempts:
+    # A permanent error is bad input, not a failing dependency: the breaker ignores it.
+    held = not permanent and breaker.record_failure(
+        consumer=claim.consumer, key=claim.breaker_key, delivery_id=claim.delivery.pk
+    )
+    if held:
+        # The breaker is open: park, due at once when it closes, even if this was the
+        # last attempt of the budget (the outage, not the delivery, is what failed).
+        error_text = reason
+        outcome = DeliveryOutcome("parked", f"breaker open: {reason}")
+        changes: dict[str, Any] = _waiting(Delivery.State.RETRYING, 0)
+    elif permanent or claim.budget_used >= claim.consumer.max_attempts:
         error_text = reason if permanent else claim.gave_up(reason)
         outcome = DeliveryOutcome("dead", error_text)
-        changes: dict[str, Any] = {"state": Delivery.State.DEAD, "retry_at": None}
+        changes = {"state": Delivery.State.DEAD, "retry_at": None}
     else:
         countdown = retry_countdown(claim.budget_used)
         error_text = reason
@@ -307,7 +353,8 @@ def fail_delivery(
     try:
         with transaction.atomic():
             _update_fenced(claim, last_error=error_text, lease_expires_at=None, **changes)
-            _record_attempt(claim, outcome.outcome, task_id, worker, error=error_text)
+            recorded = "retry" if outcome.outcome == "parked" else outcome.outcome
+            _record_attempt(claim, recorded, task_id, worker, error=error_text)
     except LeaseLost as exc:
         return DeliveryOutcome("skipped", str(exc))
     log = logger.error if outcome.outcome == "dead" else logger.warning

@@ -24,6 +24,9 @@ clock, with no transaction held while it talks to Redis:
 
 A paused consumer (``events.control``) is left out of steps 1 to 3: its parked
 deliveries wait with no message out until it is resumed, and the next pass sends them.
+Steps 1 and 2 also leave out deliveries under an open breaker (``events.breaker``),
+except one probe per breaker every ``EVENTS_BREAKER_PROBE_SECONDS``; once it closes,
+they are due and the next pass sends them.
 
 ``docs/architecture.md`` ("What the broker can lose") says what each loss looks like
 and how long each takes to heal.
@@ -47,6 +50,7 @@ from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from events.breaker import OPEN_BREAKER_SQL, take_due_probes
 from events.control import running_consumers
 from events.db import now_sql, seconds_ago_sql
 from events.models import ConsumerState, Delivery
@@ -70,13 +74,13 @@ DUE_UNSENT_SQL = f"""
     SELECT id FROM events_delivery
      WHERE {WAITING} AND enqueued_at IS NULL
        AND (retry_at <= {{now}} OR (retry_at IS NULL AND created_at < {{grace_ago}}))
-       AND consumer IN ({{consumers}})
+       AND consumer IN ({{consumers}}){OPEN_BREAKER_SQL}
      LIMIT %s"""
-EXPIRED_LEASE_SQL = """
+EXPIRED_LEASE_SQL = f"""
     SELECT id FROM events_delivery
-     WHERE state = 'running' AND lease_expires_at < {now}
+     WHERE state = 'running' AND lease_expires_at < {{now}}
        AND (enqueued_at IS NULL OR enqueued_at < lease_expires_at)
-       AND consumer IN ({consumers})
+       AND consumer IN ({{consumers}}){OPEN_BREAKER_SQL}
      LIMIT %s"""
 SENT_COUNT_SQL = f"""
     SELECT consumer, COUNT(*) FROM events_delivery
@@ -165,8 +169,10 @@ def publish_due(consumers: Sequence[Consumer], *, batch_size: int) -> tuple[int,
     """
     total = 0
     names = [consumer.name for consumer in consumers]
+    probes = take_due_probes(consumers)
     while True:
-        ids = due_delivery_ids(names, limit=batch_size)
+        ids = probes + due_delivery_ids(names, limit=batch_size)
+        probes = []
         if not ids:
             return total, True
         batch = sorted(

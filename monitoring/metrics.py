@@ -1,7 +1,7 @@
 """``/metrics``: the delivery ledger in the Prometheus text format, read at scrape time.
 
 A custom collector rather than global gauges: the figures live in the database, which
-every web process shares, so each scrape reads them fresh (four small queries) and
+every web process shares, so each scrape reads them fresh (five small queries) and
 any process answers the same. Nothing is kept between scrapes.
 
 ``events_deliveries{consumer,state}``
@@ -10,6 +10,9 @@ any process answers the same. Nothing is kept between scrapes.
     gauge, age of the oldest delivery neither done nor dead (0 when nothing waits).
 ``events_consumer_paused{consumer}``
     gauge, 1 while an operator has paused the consumer (``consumers pause``), else 0.
+``events_breakers_open{consumer}``
+    gauge, how many of the consumer's breakers are open (one per consumer, or per key:
+    per webhook endpoint); 0 when none is.
 ``events_delivery_latency_seconds{consumer}``
     gauge histogram of the deliveries completed in the last ``LATENCY_WINDOW``, from the
     event's ``occurred_at`` to the delivery's ``completed_at``: ``_bucket{le}``,
@@ -73,8 +76,16 @@ class LedgerCollector:
         )
         controls = consumer_controls(now)
         for name in ledger:
-            paused.add_metric([name], 1.0 if controls.get(name, {}).get("paused") else 0.0)
+            paused.add_metric([name], 1.0 if controls[name]["paused"] else 0.0)
+        breakers = GaugeMetricFamily(
+            "events_breakers_open",
+            "Open circuit breakers of the consumer (its own, or one per key); 0 when none.",
+            labels=["consumer"],
+        )
+        for name in ledger:
+            breakers.add_metric([name], float(len(controls[name]["breakers_open"])))
         yield paused
+        yield breakers
 
         latency = GaugeHistogramMetricFamily(
             "events_delivery_latency_seconds",

@@ -1,9 +1,10 @@
 """The events overview's figures: what admin's index and the overview page show.
 
 One function builds them from the selectors ``event_status`` and ``/metrics`` use, so
-the admin index, the overview page and the command always agree. Seven small queries:
-the ledger counts and oldest waiting (two), the paused consumers (one), the event totals
-(two), the oldest waiting delivery (one) and the charts' last hour (one).
+the admin index, the overview page and the command always agree. Eight small queries:
+the ledger counts and oldest waiting (two), the paused consumers and the open breakers
+(two), the event totals (two), the oldest waiting delivery (one) and the charts' last
+hour (one).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def consumer_rows(
     ledgers: dict[str, ConsumerLedger], status: dict[str, Any], states: list[str]
 ) -> list[dict[str, Any]]:
     """One row per consumer: its count per state (each linking to those deliveries in
-    admin), the age of its oldest waiting delivery, whether any is dead, and whether an
-    operator paused it (since when, why), which the controls next to it change.
+    admin), the age of its oldest waiting delivery, whether any is dead, whether an
+    operator paused it (since when, why), which the controls next to it change, and its
+    open breakers (key, for how long).
     """
     changelist = reverse("admin:events_delivery_changelist")
     registered = {consumer.name for consumer in all_consumers()}
@@ -90,6 +92,10 @@ def consumer_rows(
                 "paused_reason": figures["paused_reason"],
                 "paused_for": format_age(figures["paused_seconds"]),
                 "registered": name in registered,
+                "breakers_open": [
+                    {"key": b["key"], "open_for": format_age(b["open_seconds"])}
+                    for b in figures["breakers_open"]
+                ],
             }
         )
     return rows

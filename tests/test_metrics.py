@@ -57,15 +57,15 @@ def test_metrics_needs_the_bearer_token(client, metrics_token, header):
 
 
 @pytest.mark.django_db
-def test_metrics_reads_the_ledger_in_four_small_queries(
+def test_metrics_reads_the_ledger_in_five_small_queries(
     client, metrics_token, user, django_assert_num_queries
 ):
     for _ in range(3):
         upload_text(user)
 
-    # Counts per state, the oldest waiting delivery, the paused consumers, latency:
-    # never one per consumer.
-    with django_assert_num_queries(4):
+    # Counts per state, the oldest waiting delivery, the paused consumers, the open
+    # breakers, latency: never one per consumer.
+    with django_assert_num_queries(5):
         client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
 

@@ -233,6 +233,7 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
         "paused",
         "paused_reason",
         "paused_seconds",
+        "breakers_open",
     }
     assert status["consumers"]["notifications"]["paused"] is False
     assert status["consumers"]["notifications"]["pending"] == 1

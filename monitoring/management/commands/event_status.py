@@ -1,7 +1,8 @@
 """``event_status [--json] [--check [--max-dead N] [--max-waiting-seconds S]
-[--max-paused-seconds S]]``.
+[--max-paused-seconds S] [--max-breaker-open-seconds S]]``.
 
-Per consumer, what the ledger says, and whether an operator paused it. ``--check`` turns
+Per consumer, what the ledger says, whether an operator paused it and which of its
+breakers are open. ``--check`` turns
 it into an alert for cron or a monitoring agent: exit 0 when every consumer is within the
 limits, 1 with one line per breach otherwise.
 """
@@ -65,6 +66,12 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--max-breaker-open-seconds",
+            type=_non_negative(float),
+            metavar="S",
+            help="with --check: how long a breaker may stay open (default 0: any open one)",
+        )
+        parser.add_argument(
             "--max-paused-seconds",
             type=_non_negative(float),
             metavar="S",
@@ -72,11 +79,17 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: Any) -> None:
-        limits = ("max_dead", "max_waiting_seconds", "max_paused_seconds")
+        limits = (
+            "max_dead",
+            "max_waiting_seconds",
+            "max_paused_seconds",
+            "max_breaker_open_seconds",
+        )
         limits_given = any(options[limit] is not None for limit in limits)
         if limits_given and not options["check"]:
             raise CommandError(
-                "--max-dead, --max-waiting-seconds and --max-paused-seconds go with --check"
+                "--max-dead, --max-waiting-seconds, --max-paused-seconds and "
+                "--max-breaker-open-seconds go with --check"
             )
         status = pipeline_status()
         if options["check"]:
@@ -97,6 +110,7 @@ class Command(BaseCommand):
             max_dead=max_dead,
             max_waiting_seconds=max_waiting,
             max_paused_seconds=max_paused,
+            max_breaker_open_seconds=options["max_breaker_open_seconds"] or 0.0,
         )
         for line in breaches:
             self.stdout.write(line)
@@ -135,8 +149,14 @@ class Command(BaseCommand):
 
 
 def _held(figures: dict[str, Any]) -> str:
-    """What holds a consumer, for the table: ``paused (reason)``, or ``-``."""
-    if not figures.get("paused"):
-        return "-"
-    reason = figures.get("paused_reason")
-    return f"paused ({reason})" if reason else "paused"
+    """What holds a consumer, for the table: ``paused (reason)``, ``breaker open`` (with
+    its keys), both, or ``-``."""
+    held = []
+    if figures.get("paused"):
+        reason = figures.get("paused_reason")
+        held.append(f"paused ({reason})" if reason else "paused")
+    keys = [breaker["key"] for breaker in figures.get("breakers_open", ())]
+    if keys:
+        named = [key for key in keys if key]
+        held.append("breaker open" + (f" [{', '.join(named)}]" if named else ""))
+    return "; ".join(held) or "-"
