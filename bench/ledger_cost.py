@@ -221,19 +221,30 @@ def orm_finish(consumer) -> Callable[[tuple], None]:
 def sql_claim(consumer) -> Callable[[int], tuple]:
     from django.db import connection
 
+    from events.breaker import CLAIM_BREAKER_ROW_SQL, CLAIM_HOLD_SQL
     from events.db import now_plus_seconds_sql, now_sql
     from events.delivery import CLAIM_SQL, lease_seconds
 
     # Engine v2's claim: synchronous commit, the event read a statement of its own.
-    claim_sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql(), no_flush="")
+    claim_sql = CLAIM_SQL.format(
+        now=now_sql(),
+        lease=now_plus_seconds_sql(),
+        no_flush="",
+        hold=CLAIM_HOLD_SQL,
+        breaker_row=CLAIM_BREAKER_ROW_SQL,
+    )
     event_sql = "SELECT type, version, payload FROM events_event WHERE id = %s"
+    # The claim's own parameters, then the consumer's name for the pause, the breaker and
+    # the breaker-row check.
+    held_by = [consumer.name] * 3
 
     def claim(delivery_id: int) -> tuple:
         with connection.cursor() as cursor:
             cursor.execute(
-                claim_sql, [lease_seconds(consumer), "bench", delivery_id, consumer.max_attempts]
+                claim_sql,
+                [lease_seconds(consumer), "bench", delivery_id, consumer.max_attempts, *held_by],
             )
-            attempts, event_id = cursor.fetchone()
+            attempts, _, event_id, *_ = cursor.fetchone()
             cursor.execute(event_sql, [event_id])
             cursor.fetchone()
         return delivery_id, attempts, time.time()

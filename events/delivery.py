@@ -44,6 +44,8 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from events import breaker
+from events.breaker import CLAIM_BREAKER_ROW_SQL, CLAIM_HOLD_SQL
 from events.db import (
     fetch_instance,
     instance_from_row,
@@ -52,7 +54,7 @@ from events.db import (
     select_columns,
 )
 from events.exceptions import DeliveryBusy, PermanentError
-from events.models import Delivery, DeliveryAttempt, Event
+from events.models import ConsumerState, Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, Handler, TwoStepHandler, get_consumer
 from events.schemas import Envelope, schemas
 
@@ -72,7 +74,8 @@ class LeaseLost(Exception):
 @dataclass(frozen=True)
 class DeliveryOutcome:
     """What ``run_delivery`` did: ``done``, ``skipped``, ``retry`` (due in ``countdown`` s,
-    committed for the relay to publish) or ``dead``."""
+    committed for the relay to publish), ``dead``, or ``parked`` (its consumer is held:
+    no attempt counted, no message out until it may run)."""
 
     outcome: str
     reason: str = ""
@@ -88,6 +91,10 @@ class Claim:
     attempt: int
     started_at: dt.datetime
     attempts_at_redrive: int = 0
+    # The delivery's breaker key, and whether that breaker had a row when it was claimed
+    # (only then does the end of the attempt write to it: see events.breaker).
+    breaker_key: str = ""
+    breaker_row: bool = False
 
     @property
     def budget_used(self) -> int:
@@ -155,7 +162,8 @@ BATCH_CLAIM_SQL = f"""
            retry_at = NULL, task_id = %s, updated_at = {{now}}
      WHERE id IN ({{ids}}) AND consumer = %s
        AND {CLAIMABLE}
- RETURNING id, attempts, attempts_at_redrive"""
+{{hold}}
+ RETURNING id, attempts, attempts_at_redrive, breaker_key, {{breaker_row}} AS breaker_row"""
 
 
 def claim_batch(
@@ -172,16 +180,21 @@ def claim_batch(
         return []
     started_at = timezone.now()
     sql = BATCH_CLAIM_SQL.format(
-        now=now_sql(), lease=now_plus_seconds_sql(), ids=", ".join(["%s"] * len(deliveries))
+        now=now_sql(),
+        lease=now_plus_seconds_sql(),
+        ids=", ".join(["%s"] * len(deliveries)),
+        hold=CLAIM_HOLD_SQL,
+        breaker_row=CLAIM_BREAKER_ROW_SQL,
     )
-    params = [lease_seconds(consumer), task_id, *[d.pk for d in deliveries], consumer.name]
+    name = consumer.name
+    params = [lease_seconds(consumer), task_id, *[d.pk for d in deliveries], name]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, consumer.max_attempts])
-        claimed = {pk: (attempts, base) for pk, attempts, base in cursor.fetchall()}
+        cursor.execute(sql, [*params, consumer.max_attempts, name, name, name])
+        claimed = {pk: rest for pk, *rest in cursor.fetchall()}
     claims = []
     for delivery in deliveries:
         if delivery.pk in claimed:
-            attempts, base = claimed[delivery.pk]
+            attempts, base, breaker_key, breaker_row = claimed[delivery.pk]
             row = Delivery(
                 pk=delivery.pk,
                 event=delivery.event,
@@ -189,7 +202,9 @@ def claim_batch(
                 state=Delivery.State.RUNNING,
                 attempts=attempts,
             )
-            claims.append(Claim(row, consumer, attempts, started_at, base))
+            claims.append(
+                Claim(row, consumer, attempts, started_at, base, breaker_key, bool(breaker_row))
+            )
     return claims
 
 
@@ -201,10 +216,12 @@ CLAIM_SQL = f"""
            retry_at = NULL, task_id = %s, updated_at = {{now}}{{no_flush}}
      WHERE id = %s
        AND {CLAIMABLE}
- RETURNING attempts, attempts_at_redrive, event_id"""
+{{hold}}
+ RETURNING attempts, attempts_at_redrive, event_id, breaker_key, {{breaker_row}} AS breaker_row"""
 CLAIM_WITH_EVENT_SQL = """
     WITH claimed AS ({claim})
-    SELECT claimed.attempts, claimed.attempts_at_redrive, claimed.event_id, {columns}
+    SELECT claimed.attempts, claimed.attempts_at_redrive, claimed.event_id,
+           claimed.breaker_key, claimed.breaker_row, {columns}
       FROM claimed LEFT JOIN events_event ON events_event.id = claimed.event_id"""
 FINISH_SQL = """
     UPDATE events_delivery
@@ -220,22 +237,43 @@ def claim_delivery(
 
     Pending and retrying deliveries may be claimed (their last attempt, if any, finished
     and was recorded, so a replayed dead one gets one more try even with its attempts
-    used up); a running one only once its lease expired and attempts remain.
+    used up); a running one only once its lease expired and attempts remain. None while
+    its consumer is paused or its breaker is open (unless it is the breaker's probe): the
+    same statement reads both, so they cost no round trip, and the delivery is parked
+    instead (``_not_claimed``).
     """
     started_at = timezone.now()
-    sql = CLAIM_SQL.format(now=now_sql(), lease=now_plus_seconds_sql(), no_flush=_no_flush())
+    sql = CLAIM_SQL.format(
+        now=now_sql(),
+        lease=now_plus_seconds_sql(),
+        no_flush=_no_flush(),
+        hold=CLAIM_HOLD_SQL,
+        breaker_row=CLAIM_BREAKER_ROW_SQL,
+    )
     if connection.vendor == "postgresql":
         # One round trip: the claim and the event read together (SQLite has no UPDATE
         # in a WITH clause, and its "round trip" is a call in this process anyway).
         sql = CLAIM_WITH_EVENT_SQL.format(claim=sql, columns=select_columns(Event))
+    name = consumer.name
     with connection.cursor() as cursor:
-        cursor.execute(sql, [lease_seconds(consumer), task_id, delivery_id, consumer.max_attempts])
+        cursor.execute(
+            sql,
+            [
+                lease_seconds(consumer),
+                task_id,
+                delivery_id,
+                consumer.max_attempts,
+                name,
+                name,
+                name,
+            ],
+        )
         row = cursor.fetchone()
     if row is None:
         return _not_claimed(delivery_id, consumer)
-    attempts, attempts_at_redrive, event_id = row[:3]
-    if len(row) > 3:
-        event = None if row[3] is None else instance_from_row(Event, row[3:])
+    attempts, attempts_at_redrive, event_id, breaker_key, breaker_row = row[:5]
+    if len(row) > 5:
+        event = None if row[5] is None else instance_from_row(Event, row[5:])
     else:
         event = fetch_instance(Event, event_id)
     delivery = Delivery(
@@ -245,7 +283,15 @@ def claim_delivery(
         state=Delivery.State.RUNNING,
         attempts=attempts,
     )
-    return Claim(delivery, consumer, attempts, started_at, attempts_at_redrive)
+    return Claim(
+        delivery,
+        consumer,
+        attempts,
+        started_at,
+        attempts_at_redrive,
+        breaker_key,
+        bool(breaker_row),
+    )
 
 
 def _no_flush() -> str:
@@ -280,7 +326,7 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     """Why a claim took nothing: gone, finished, leased elsewhere, or out of attempts."""
     row = (
         Delivery.objects.filter(pk=delivery_id).values(
-            "state", "attempts", "attempts_at_redrive", "lease_expires_at"
+            "state", "attempts", "attempts_at_redrive", "lease_expires_at", "breaker_key"
         )
     ).first()
     if row is None:
@@ -289,6 +335,13 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     if row["state"] in (Delivery.State.DONE, Delivery.State.DEAD):
         # Another message for the same delivery got here first: dedupe.
         return DeliveryOutcome("skipped", f"already {row['state']}")
+    held = _held_reason(consumer, row["breaker_key"])
+    if held:
+        return park_delivery(delivery_id, held)
+    if row["state"] in Delivery.WAITING_STATES:
+        # Claimable, yet the claim refused it: it was held, and a resume or a closing
+        # breaker let it go since. Parked, it is due with no message out: the relay sends it.
+        return park_delivery(delivery_id, "held a moment ago")
     reason = f"{exhausted(row['attempts'], row['attempts_at_redrive'])}: {DID_NOT_FINISH}"
     gave_up = Delivery.objects.filter(
         _expired_and_exhausted(consumer), pk=delivery_id, attempts=row["attempts"]
@@ -305,6 +358,40 @@ def _not_claimed(delivery_id: int, consumer: Consumer) -> DeliveryOutcome:
     # A live lease: the attempt holding it finishes, or its lease expires and the relay
     # publishes the delivery again. This duplicate message has nothing to do.
     return DeliveryOutcome("skipped", f"running elsewhere (lease until {row['lease_expires_at']})")
+
+
+def _held_reason(consumer: Consumer, breaker_key: str) -> str:
+    """Why ``consumer``'s deliveries under ``breaker_key`` may not run now, or ``""``."""
+    row = ConsumerState.objects.filter(name=consumer.name, paused=True).values("paused_reason")
+    paused = row.first()
+    if paused is not None:
+        reason = paused["paused_reason"]
+        return f"consumer paused: {reason}" if reason else "consumer paused"
+    if breaker.is_open(consumer=consumer.name, key=breaker_key):
+        return f"breaker {breaker.describe_key(consumer.name, breaker_key)} open"
+    return ""
+
+
+def park_delivery(delivery_id: int, reason: str) -> DeliveryOutcome:
+    """Leave a delivery that may not run now waiting with no message out, attempts untouched.
+
+    The message that brought it is acknowledged; the relay publishes the delivery again
+    once its consumer is resumed, as any due delivery with no message out. A running one
+    whose attempt died (lease expired) keeps its state and loses only its message mark, so
+    the relay's expired-lease step sends it again then.
+    """
+    waiting = Q(state__in=Delivery.WAITING_STATES)
+    orphaned = Q(state=Delivery.State.RUNNING, lease_expires_at__lt=Now())
+    parked = Delivery.objects.filter(waiting | orphaned, pk=delivery_id).update(
+        enqueued_at=None,
+        updated_at=Now(),
+        # Due at once when it may run again (a fresh delivery has no due time yet).
+        retry_at=Case(When(waiting & Q(retry_at__isnull=True), then=Now()), default=F("retry_at")),
+    )
+    if not parked:
+        return DeliveryOutcome("skipped", f"running elsewhere; {reason}")
+    logger.info("delivery %s parked: %s", delivery_id, reason)
+    return DeliveryOutcome("parked", reason)
 
 
 def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> None:
@@ -327,6 +414,8 @@ def finish_delivery(claim: Claim, *, task_id: str = "", worker: str = "") -> Non
             if cursor.rowcount != 1:
                 raise LeaseLost(_lease_lost(claim))
         _record_attempt(claim, DeliveryAttempt.Outcome.DONE, task_id, worker)
+        if claim.breaker_row:
+            breaker.record_success(consumer=claim.consumer, key=claim.breaker_key)
 
 
 def fail_delivery(
@@ -334,10 +423,20 @@ def fail_delivery(
 ) -> DeliveryOutcome:
     """Record a failed attempt: dead when ``permanent`` or out of attempts, else retrying."""
     reason = describe(error)
-    if permanent or claim.budget_used >= claim.consumer.max_attempts:
+    # A permanent error is bad input, not a failing dependency: the breaker ignores it.
+    held = not permanent and breaker.record_failure(
+        consumer=claim.consumer, key=claim.breaker_key, delivery_id=claim.delivery.pk
+    )
+    if held:
+        # The breaker is open: park, due at once when it closes, even if this was the
+        # last attempt of the budget (the outage, not the delivery, is what failed).
+        error_text = reason
+        outcome = DeliveryOutcome("parked", f"breaker open: {reason}")
+        changes: dict[str, Any] = _waiting(Delivery.State.RETRYING, 0)
+    elif permanent or claim.budget_used >= claim.consumer.max_attempts:
         error_text = reason if permanent else claim.gave_up(reason)
         outcome = DeliveryOutcome("dead", error_text)
-        changes: dict[str, Any] = {"state": Delivery.State.DEAD, "retry_at": None}
+        changes = {"state": Delivery.State.DEAD, "retry_at": None}
     else:
         countdown = retry_countdown(claim.budget_used)
         error_text = reason
@@ -346,7 +445,8 @@ def fail_delivery(
     try:
         with transaction.atomic():
             _update_fenced(claim, last_error=error_text, lease_expires_at=None, **changes)
-            _record_attempt(claim, outcome.outcome, task_id, worker, error=error_text)
+            recorded = "retry" if outcome.outcome == "parked" else outcome.outcome
+            _record_attempt(claim, recorded, task_id, worker, error=error_text)
     except LeaseLost as exc:
         return DeliveryOutcome("skipped", str(exc))
     log = logger.error if outcome.outcome == "dead" else logger.warning

@@ -85,6 +85,13 @@ class Delivery(models.Model):
         help_text="While running: when the attempt counts as dead (time limit plus margin).",
     )
     retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next retry is due.")
+    breaker_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Which of its consumer's breakers it answers to (Consumer.breaker_key); "
+        "empty: the consumer's own.",
+    )
     completed_at = models.DateTimeField(null=True, blank=True)
     # The database's clock: the relay compares it with Now(), never a host's clock.
     created_at = models.DateTimeField(db_default=Now())
@@ -159,13 +166,54 @@ class ConsumerState(models.Model):
     dead-letters its deliveries only when no process has declared it for
     ``EVENTS_RETIRED_CONSUMER_GRACE_SECONDS``: during a rolling deploy, older code must
     not dead-letter a consumer that newer code added.
+
+    ``paused``: an operator holds the consumer (``consumers pause``). Its claims are
+    refused in the claim statement itself, a message that arrives parks its delivery
+    (no message out, no attempt counted) and the relay leaves it alone until ``resume``.
+    Here, not in a process, so a pause outlives restarts and holds on every host.
     """
 
     name = models.CharField(max_length=100, primary_key=True)
     declared_at = models.DateTimeField(db_default=Now())
+    paused = models.BooleanField(default=False)
+    paused_reason = models.CharField(max_length=500, blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "consumer"
 
     def __str__(self) -> str:
         return self.name
+
+
+class Breaker(models.Model):
+    """A circuit breaker of one consumer, or of one key of it (a webhook endpoint).
+
+    A row exists only once a delivery under it failed transiently, so a consumer that
+    never fails never writes here. ``failures`` counts consecutive transient failures
+    (of different deliveries: one delivery failing again and again is its own problem);
+    at ``EVENTS_BREAKER_FAILURES`` the breaker opens (``opened_at``): its deliveries
+    park with no attempt counted (the claim refuses them, the relay leaves them), and
+    the relay sends one of them, ``probe_delivery_id``, every
+    ``EVENTS_BREAKER_PROBE_SECONDS`` (``probe_at``). A success under it deletes the row:
+    closed, and the parked deliveries are due at once. ``events.breaker`` runs it.
+    """
+
+    consumer = models.CharField(max_length=100)
+    key = models.CharField(max_length=200, blank=True, default="", db_column="breaker_key")
+    failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    probe_at = models.DateTimeField(null=True, blank=True)
+    probe_delivery_id = models.BigIntegerField(null=True, blank=True)
+    # The delivery whose failure was counted last: the same delivery failing again
+    # (a poison message) is not a dependency down, and does not count twice in a row.
+    last_failed_delivery_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["consumer", "key"], name="breaker_consumer_key_uniq")
+        ]
+
+    def __str__(self) -> str:
+        state = "open" if self.opened_at else f"{self.failures} failures"
+        return f"{self.consumer}[{self.key}] {state}" if self.key else f"{self.consumer} {state}"

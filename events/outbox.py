@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from config.correlation import get_correlation_id, task_headers
 from events.exceptions import InvalidEventError
 from events.models import Delivery, Event
-from events.registry import consumers_for, get_consumer
+from events.registry import Consumer, consumers_for, get_consumer
 from events.schemas import schemas
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,10 @@ def record_event(
     # Never published yet (enqueued_at NULL): the on-commit publish marks what it sent;
     # if it fails or the process dies first, the relay finds them after a short grace.
     deliveries = Delivery.objects.bulk_create(
-        [Delivery(event=event, consumer=consumer.name) for consumer in consumers_for(event_type)]
+        [
+            Delivery(event=event, consumer=consumer.name, breaker_key=_breaker_key(consumer, event))
+            for consumer in consumers_for(event_type)
+        ]
     )
     # robust: nothing that runs after commit may undo or hide the commit (an exception
     # here would leave atomic() in the caller, which would then clean up a saved upload).
@@ -102,6 +105,13 @@ def _after_commit(event: Event, deliveries: Sequence[Delivery]) -> None:
         publisher.submit(event, deliveries)
     else:
         publish_committed(event, deliveries)
+
+
+def _breaker_key(consumer: Consumer, event: Event) -> str:
+    """The key of the breaker ``consumer`` runs ``event``'s delivery under ("": its own)."""
+    if consumer.breaker_key is None:
+        return ""
+    return str(consumer.breaker_key(schemas.upcast(event.to_envelope())))[:200]
 
 
 def publish_committed(event: Event, deliveries: Sequence[Delivery]) -> None:

@@ -88,6 +88,11 @@ class Consumer:
     # (a log of test calls). Each returns how many rows it deleted.
     forget_events: Callable[[Forgotten], int] | None = None
     prune_before: Callable[[dt.datetime], int] | None = None
+    # The circuit breaker (``events.breaker``): one per consumer, or one per key when
+    # ``breaker_key(envelope)`` says which dependency an event's delivery talks to (a
+    # webhook endpoint), so one broken dependency never parks the others' deliveries.
+    # Read when the event is recorded and stored on the delivery.
+    breaker_key: Callable[[Envelope], str] | None = None
 
     @property
     def task_name(self) -> str:

@@ -22,6 +22,12 @@ clock, with no transaction held while it talks to Redis:
    process has declared for ``EVENTS_RETIRED_CONSUMER_GRACE_SECONDS`` go dead with
    ``consumer no longer registered``; they can be replayed if it comes back.
 
+A paused consumer (``events.control``) is left out of steps 1 to 3: its parked
+deliveries wait with no message out until it is resumed, and the next pass sends them.
+Steps 1 and 2 also leave out deliveries under an open breaker (``events.breaker``),
+except one probe per breaker every ``EVENTS_BREAKER_PROBE_SECONDS``; once it closes,
+they are due and the next pass sends them.
+
 ``docs/architecture.md`` ("What the broker can lose") says what each loss looks like
 and how long each takes to heal.
 """
@@ -44,6 +50,8 @@ from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from events.breaker import OPEN_BREAKER_SQL, take_due_probes
+from events.control import running_consumers
 from events.db import now_sql, seconds_ago_sql
 from events.models import ConsumerState, Delivery
 from events.outbox import BROKER_ERRORS, broker_client, publish_deliveries_now
@@ -66,13 +74,13 @@ DUE_UNSENT_SQL = f"""
     SELECT id FROM events_delivery
      WHERE {WAITING} AND enqueued_at IS NULL
        AND (retry_at <= {{now}} OR (retry_at IS NULL AND created_at < {{grace_ago}}))
-       AND consumer IN ({{consumers}})
+       AND consumer IN ({{consumers}}){OPEN_BREAKER_SQL}
      LIMIT %s"""
-EXPIRED_LEASE_SQL = """
+EXPIRED_LEASE_SQL = f"""
     SELECT id FROM events_delivery
-     WHERE state = 'running' AND lease_expires_at < {now}
+     WHERE state = 'running' AND lease_expires_at < {{now}}
        AND (enqueued_at IS NULL OR enqueued_at < lease_expires_at)
-       AND consumer IN ({consumers})
+       AND consumer IN ({{consumers}}){OPEN_BREAKER_SQL}
      LIMIT %s"""
 SENT_COUNT_SQL = f"""
     SELECT consumer, COUNT(*) FROM events_delivery
@@ -114,9 +122,11 @@ def relay_outbox(*, batch_size: int | None = None) -> RelayResult:
             )
             if housekeeping_due:
                 declare_consumers(consumer.name for consumer in consumers)
-            published, complete = publish_due(consumers, batch_size=batch_size)
+            # A paused consumer's deliveries wait, parked, until it is resumed.
+            running = running_consumers(consumers)
+            published, complete = publish_due(running, batch_size=batch_size)
             if complete and client is not None:
-                healed = heal_lost_messages(client, consumers)
+                healed = heal_lost_messages(client, running)
     except BROKER_ERRORS as exc:
         logger.warning("relay: broker unavailable (%s); trying again next pass", exc)
         return RelayResult(published + healed, broker_failed=True, healed=healed)
@@ -159,8 +169,10 @@ def publish_due(consumers: Sequence[Consumer], *, batch_size: int) -> tuple[int,
     """
     total = 0
     names = [consumer.name for consumer in consumers]
+    probes = take_due_probes(consumers)
     while True:
-        ids = due_delivery_ids(names, limit=batch_size)
+        ids = probes + due_delivery_ids(names, limit=batch_size)
+        probes = []
         if not ids:
             return total, True
         batch = sorted(

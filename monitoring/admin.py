@@ -1,7 +1,8 @@
 """Admin for the event log and the delivery ledger, the events overview and bulk redrive.
 
 History is read-only: events and delivery rows are never edited by hand. The only
-writes are the two delivery actions and the bulk redrive, which go through
+writes are the two delivery actions, the bulk redrive and the overview's pause and resume
+controls (``events.control``); the first three go through
 ``housekeeping.replay`` (the bulk redrive through ``housekeeping.redrive``, in a task) so
 a re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
 The overview also heads the admin index (``admin/events/index.html``).
@@ -14,17 +15,24 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import Truncator
 
+from events.control import pause_consumer, resume_consumer
 from events.models import Delivery, DeliveryAttempt, Event
 from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
 from housekeeping.replay import ReplayReport, redeliver_deliveries
 from monitoring.forms import BulkRedriveForm
-from monitoring.overview import can_bulk_redrive, can_view_overview, overview_context
+from monitoring.overview import (
+    can_bulk_redrive,
+    can_control_consumers,
+    can_view_overview,
+    overview_context,
+)
 
 OVERVIEW_TEMPLATE = "admin/events/overview.html"
 # The project's admin index: the events overview on top of admin's list of models.
@@ -99,7 +107,44 @@ class EventAdmin(ReadOnlyAdmin):
             self.admin_site.admin_view(self.overview_view),
             name="events_overview",
         )
-        return [overview, *super().get_urls()]
+        control = path(
+            "consumer-control/",
+            self.admin_site.admin_view(self.consumer_control_view),
+            name="events_consumer_control",
+        )
+        return [overview, control, *super().get_urls()]
+
+    def consumer_control_view(self, request: HttpRequest) -> HttpResponse:
+        """POST ``consumer`` and ``action`` (``pause`` with a ``reason``, or ``resume``):
+        the overview's controls, through the services ``consumers pause|resume`` runs."""
+        if not can_control_consumers(request.user):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        name = request.POST.get("consumer", "")
+        action = request.POST.get("action", "")
+        try:
+            if action == "pause":
+                pause_consumer(name=name, reason=request.POST.get("reason", "").strip())
+                text = f"{name} paused: its deliveries wait, uncounted, until you resume it."
+            elif action == "resume":
+                result = resume_consumer(name=name)
+                text = (
+                    f"{name} resumed: the relay sends its {result.parked} waiting deliveries."
+                    if result.was_paused
+                    else f"{name} was not paused."
+                )
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except (LookupError, ValueError) as exc:
+            self.message_user(request, str(exc).strip("'\""), messages.ERROR)
+        else:
+            self.message_user(request, text, messages.SUCCESS)
+        # Back where the form was: the admin index or the overview page.
+        back = request.META.get("HTTP_REFERER", "")
+        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+            back = reverse("admin:events_overview")
+        return HttpResponseRedirect(back)
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         """Per consumer, the ``event_status`` figures and charts of its last hour, and the
@@ -111,6 +156,7 @@ class EventAdmin(ReadOnlyAdmin):
             "title": "Events overview",
             "opts": self.model._meta,
             "can_bulk_redrive": can_bulk_redrive(request.user),
+            "can_control_consumers": can_control_consumers(request.user),
             **overview_context(),
         }
         return TemplateResponse(request, OVERVIEW_TEMPLATE, context)

@@ -1,13 +1,18 @@
 """``/metrics``: the delivery ledger in the Prometheus text format, read at scrape time.
 
 A custom collector rather than global gauges: the figures live in the database, which
-every web process shares, so each scrape reads them fresh (three aggregate queries) and
+every web process shares, so each scrape reads them fresh (five small queries) and
 any process answers the same. Nothing is kept between scrapes.
 
 ``events_deliveries{consumer,state}``
     gauge, deliveries per stored state (``event_status`` folds ``running`` into ``pending``).
 ``events_oldest_waiting_seconds{consumer}``
     gauge, age of the oldest delivery neither done nor dead (0 when nothing waits).
+``events_consumer_paused{consumer}``
+    gauge, 1 while an operator has paused the consumer (``consumers pause``), else 0.
+``events_breakers_open{consumer}``
+    gauge, how many of the consumer's breakers are open (one per consumer, or per key:
+    per webhook endpoint); 0 when none is.
 ``events_delivery_latency_seconds{consumer}``
     gauge histogram of the deliveries completed in the last ``LATENCY_WINDOW``, from the
     event's ``occurred_at`` to the delivery's ``completed_at``: ``_bucket{le}``,
@@ -30,7 +35,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
-from monitoring.selectors import ledger_by_consumer, recent_latency
+from monitoring.selectors import consumer_controls, ledger_by_consumer, recent_latency
 
 LATENCY_WINDOW = dt.timedelta(hours=1)
 # From a fast handler on an idle queue to a delivery that waited out an hour's outage.
@@ -63,6 +68,24 @@ class LedgerCollector:
             oldest.add_metric([name], figures.oldest_waiting_seconds(now) or 0.0)
         yield deliveries
         yield oldest
+
+        paused = GaugeMetricFamily(
+            "events_consumer_paused",
+            "1 while the consumer is paused (bin/manage consumers pause), else 0.",
+            labels=["consumer"],
+        )
+        controls = consumer_controls(now)
+        for name in ledger:
+            paused.add_metric([name], 1.0 if controls[name]["paused"] else 0.0)
+        breakers = GaugeMetricFamily(
+            "events_breakers_open",
+            "Open circuit breakers of the consumer (its own, or one per key); 0 when none.",
+            labels=["consumer"],
+        )
+        for name in ledger:
+            breakers.add_metric([name], float(len(controls[name]["breakers_open"])))
+        yield paused
+        yield breakers
 
         latency = GaugeHistogramMetricFamily(
             "events_delivery_latency_seconds",

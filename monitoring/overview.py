@@ -1,9 +1,10 @@
 """The events overview's figures: what admin's index and the overview page show.
 
 One function builds them from the selectors ``event_status`` and ``/metrics`` use, so
-the admin index, the overview page and the command always agree. Six small queries: the
-ledger counts and oldest waiting (two), the event totals (two), the oldest waiting
-delivery (one) and the charts' last hour (one).
+the admin index, the overview page and the command always agree. Eight small queries:
+the ledger counts and oldest waiting (two), the paused consumers and the open breakers
+(two), the event totals (two), the oldest waiting delivery (one) and the charts' last
+hour (one).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from events.models import Delivery
+from events.registry import all_consumers
 from monitoring.charts import overview_charts
 from monitoring.selectors import (
     FINISHED_STATES,
@@ -42,6 +44,12 @@ def can_bulk_redrive(user: AbstractBaseUser | AnonymousUser) -> bool:
     return bool(user.has_perm("events.change_delivery"))
 
 
+def can_control_consumers(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether ``user`` may pause and resume consumers: it steers the ledger as a redrive
+    does, so it takes the same change permission."""
+    return can_bulk_redrive(user)
+
+
 def format_age(seconds: float | None) -> str:
     """``95.2`` → ``"1 min 35 s"``; ``None`` → ``"-"`` (nothing waits)."""
     if seconds is None:
@@ -59,12 +67,12 @@ def consumer_rows(
     ledgers: dict[str, ConsumerLedger], status: dict[str, Any], states: list[str]
 ) -> list[dict[str, Any]]:
     """One row per consumer: its count per state (each linking to those deliveries in
-    admin), the age of its oldest waiting delivery, and whether any is dead.
-
-    A consumer's operational state (paused, breaker open) and its controls belong in
-    these rows too, next to its figures.
+    admin), the age of its oldest waiting delivery, whether any is dead, whether an
+    operator paused it (since when, why), which the controls next to it change, and its
+    open breakers (key, for how long).
     """
     changelist = reverse("admin:events_delivery_changelist")
+    registered = {consumer.name for consumer in all_consumers()}
     rows = []
     for name, figures in status["consumers"].items():
         cells = [
@@ -80,6 +88,14 @@ def consumer_rows(
                 "cells": cells,
                 "oldest_pending": format_age(figures["oldest_pending_seconds"]),
                 "has_dead": figures["dead"] > 0,
+                "paused": figures["paused"],
+                "paused_reason": figures["paused_reason"],
+                "paused_for": format_age(figures["paused_seconds"]),
+                "registered": name in registered,
+                "breakers_open": [
+                    {"key": b["key"], "open_for": format_age(b["open_seconds"])}
+                    for b in figures["breakers_open"]
+                ],
             }
         )
     return rows

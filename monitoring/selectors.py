@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,8 @@ from django.db.models import Avg, Count, F, FloatField, Func, Max, Min, Q, Query
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from events.models import Delivery, Event
+from events.breaker import open_breakers
+from events.models import ConsumerState, Delivery, Event
 from events.registry import all_consumers
 
 # A delivery in any other state still waits for its consumer.
@@ -93,20 +95,56 @@ def ledger_by_consumer() -> dict[str, ConsumerLedger]:
     }
 
 
+def _seconds_since(since: dt.datetime | None, now: dt.datetime) -> float | None:
+    return round(max((now - since).total_seconds(), 0.0), 3) if since else None
+
+
+def consumer_controls(now: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Consumer → what holds it: ``paused``, ``paused_reason``, ``paused_seconds`` (how
+    long, or ``None``) and ``breakers_open`` (a list of ``{"key", "failures",
+    "open_seconds"}``, key ``""`` for the consumer's own breaker). Consumers held by
+    nothing get ``not_held()``. Two small queries (``ConsumerState``, ``Breaker``)."""
+    controls: dict[str, dict[str, Any]] = defaultdict(not_held)
+    for state in ConsumerState.objects.filter(paused=True):
+        controls[state.name].update(
+            paused=True,
+            paused_reason=state.paused_reason,
+            paused_seconds=_seconds_since(state.paused_at, now),
+        )
+    for breaker in open_breakers():
+        controls[breaker.consumer]["breakers_open"].append(
+            {
+                "key": breaker.key,
+                "failures": breaker.failures,
+                "open_seconds": _seconds_since(breaker.opened_at, now),
+            }
+        )
+    return controls
+
+
+def not_held() -> dict[str, Any]:
+    """The controls of a consumer nothing holds: not paused, no breaker open."""
+    return {"paused": False, "paused_reason": "", "paused_seconds": None, "breakers_open": []}
+
+
 def pipeline_status(ledgers: dict[str, ConsumerLedger] | None = None) -> dict[str, Any]:
     """The figures of ``event_status --json``: events, and per consumer its ledger states.
 
     The states are the public ones (``public_counts``). ``oldest_pending_seconds`` is the
     age of the oldest delivery still waiting (any state but done and dead), or ``None``
-    when nothing waits. A caller that already read ``ledger_by_consumer()`` passes it in.
+    when nothing waits. ``paused`` (with ``paused_reason`` and ``paused_seconds``) and
+    ``breakers_open`` say what holds the consumer (``consumer_controls``). A caller that
+    already read ``ledger_by_consumer()`` passes it in.
     """
     now = timezone.now()
     if ledgers is None:
         ledgers = ledger_by_consumer()
+    controls = consumer_controls(now)
     consumers = {
         name: {
             **public_counts(ledger.counts),
             "oldest_pending_seconds": ledger.oldest_waiting_seconds(now),
+            **controls[name],
         }
         for name, ledger in ledgers.items()
     }
@@ -161,13 +199,21 @@ def latest_deliveries_for_aggregates(
 
 
 def status_breaches(
-    status: dict[str, Any], *, max_dead: int, max_waiting_seconds: float
+    status: dict[str, Any],
+    *,
+    max_dead: int,
+    max_waiting_seconds: float,
+    max_paused_seconds: float | None = None,
+    max_breaker_open_seconds: float = 0.0,
 ) -> list[str]:
     """One line per consumer limit broken in ``pipeline_status()`` figures.
 
     ``"indexing: 3 dead"`` when a consumer has more than ``max_dead`` dead deliveries,
     ``"audit: oldest waiting 912 s"`` when its oldest waiting delivery is older than
-    ``max_waiting_seconds``. An empty list means every consumer is within the limits.
+    ``max_waiting_seconds``, ``"notifications: paused 3600 s (smtp move)"`` when it has
+    been paused longer than ``max_paused_seconds`` (``None``: a pause is no breach),
+    ``"webhook_calls: breaker [7] open 95 s"`` for each breaker open longer than
+    ``max_breaker_open_seconds``. An empty list means every consumer is within the limits.
     """
     lines = []
     for name, figures in status["consumers"].items():
@@ -177,6 +223,15 @@ def status_breaches(
         waiting = figures["oldest_pending_seconds"]
         if waiting is not None and waiting > max_waiting_seconds:
             lines.append(f"{name}: oldest waiting {int(waiting)} s")
+        paused = figures.get("paused_seconds")
+        if max_paused_seconds is not None and paused is not None and paused > max_paused_seconds:
+            reason = figures.get("paused_reason")
+            lines.append(f"{name}: paused {int(paused)} s" + (f" ({reason})" if reason else ""))
+        for breaker in figures.get("breakers_open", ()):
+            opened = breaker["open_seconds"] or 0.0
+            if opened > max_breaker_open_seconds:
+                key = f" [{breaker['key']}]" if breaker["key"] else ""
+                lines.append(f"{name}: breaker{key} open {int(opened)} s")
     return lines
 
 

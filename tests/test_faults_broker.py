@@ -59,9 +59,16 @@ def _upload_events(user, count: int) -> list[Event]:
 def slow_retry_worker(
     live_worker: CeleryWorker, make_worker: Callable[..., CeleryWorker]
 ) -> Iterator[CeleryWorker]:
-    """The only worker on the probe queue, its first retry due 2 to 4 s after a failure."""
+    """The only worker on the probe queue, its first retry due 2 to 4 s after a failure.
+
+    Its tests fail ten deliveries in a row on purpose, to see their retries: the breaker
+    (which would park them, tests/test_breaker.py) stays out of the way."""
     live_worker.stop()
-    worker = make_worker(["probe"], "worker-slow-retry.log", {"EVENTS_RETRY_BACKOFF_SECONDS": "4"})
+    worker = make_worker(
+        ["probe"],
+        "worker-slow-retry.log",
+        {"EVENTS_RETRY_BACKOFF_SECONDS": "4", "EVENTS_BREAKER_FAILURES": "1000"},
+    )
     worker.start()
     yield worker
     worker.kill()

@@ -233,7 +233,12 @@ def test_event_status_json_has_the_documented_shape(user, capsys):
         "retrying",
         "dead",
         "oldest_pending_seconds",
+        "paused",
+        "paused_reason",
+        "paused_seconds",
+        "breakers_open",
     }
+    assert status["consumers"]["notifications"]["paused"] is False
     assert status["consumers"]["notifications"]["pending"] == 1
     assert status["consumers"]["notifications"]["oldest_pending_seconds"] >= 0
     assert status["consumers"]["audit"]["dead"] == 1
@@ -257,4 +262,5 @@ def test_event_status_prints_a_table_by_default(user, capsys):
         "retrying",
         "dead",
         "oldest_pending_seconds",
+        "held",
     ]

@@ -12,7 +12,7 @@ Their names are written here and nowhere else: other code reads ``fan_out.name``
 ``calls.name`` (imported where used, as this module imports the handlers).
 """
 
-from events import Consumer, register_consumer
+from events import Consumer, Envelope, register_consumer
 from webhooks import handlers, services
 from webhooks.events import WEBHOOK_CALL
 from webhooks.services import EVENT_TYPES
@@ -27,6 +27,12 @@ fan_out = register_consumer(
     )
 )
 
+
+def endpoint_breaker_key(envelope: Envelope) -> str:
+    """A call's breaker key: its endpoint, so one broken endpoint parks only its own calls."""
+    return str(envelope.payload["endpoint_id"])
+
+
 calls = register_consumer(
     Consumer(
         name="webhook_calls",
@@ -40,5 +46,7 @@ calls = register_consumer(
         concurrency=4,
         forget_events=services.forget_calls,
         prune_before=services.prune_calls_before,
+        # One breaker per endpoint: a user's broken endpoint never parks another's calls.
+        breaker_key=endpoint_breaker_key,
     )
 )

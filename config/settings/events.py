@@ -34,3 +34,9 @@ EVENTS_RELAY_INTERVAL_SECONDS = env.float("EVENTS_RELAY_INTERVAL_SECONDS", defau
 EVENTS_RETIRED_CONSUMER_GRACE_SECONDS = env.int(
     "EVENTS_RETIRED_CONSUMER_GRACE_SECONDS", default=3600
 )
+# The circuit breaker (events.breaker): this many consecutive transient failures of a
+# consumer (or of one key of it, a webhook endpoint) open it; its deliveries then park
+# with no attempt counted, and one probes every EVENTS_BREAKER_PROBE_SECONDS until one
+# succeeds and closes it.
+EVENTS_BREAKER_FAILURES = env.int("EVENTS_BREAKER_FAILURES", default=5)
+EVENTS_BREAKER_PROBE_SECONDS = env.float("EVENTS_BREAKER_PROBE_SECONDS", default=30.0)

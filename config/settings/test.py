@@ -43,9 +43,12 @@ EVENTS_RETRY_BACKOFF_MAX_SECONDS = 1
 EVENTS_LEASE_MARGIN_SECONDS = env.int("EVENTS_LEASE_MARGIN_SECONDS", default=1)
 EVENTS_PUBLISH_GRACE_SECONDS = env.int("EVENTS_PUBLISH_GRACE_SECONDS", default=1)
 
-# Workers that tests start write mail where the tests can read it.
+# Workers that tests start write mail where the tests can read it, unless a test gives
+# its worker an SMTP server of its own on loopback (TEST_EMAIL_URL=smtp://127.0.0.1:PORT).
 EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
 EMAIL_FILE_PATH = _test_db_dir / "mail"
+if env("TEST_EMAIL_URL", default=""):
+    vars().update(env.email("TEST_EMAIL_URL"))
 
 # Never the machine's Redis: tests/conftest.py starts a private redis-server and points
 # the Celery app (and the workers it starts) at it. Port 1 refuses at once meanwhile.

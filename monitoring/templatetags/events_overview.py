@@ -6,7 +6,12 @@ from typing import Any
 
 from django import template
 
-from monitoring.overview import can_bulk_redrive, can_view_overview, overview_context
+from monitoring.overview import (
+    can_bulk_redrive,
+    can_control_consumers,
+    can_view_overview,
+    overview_context,
+)
 
 register = template.Library()
 
@@ -22,4 +27,11 @@ def events_overview(context: template.Context) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not can_view_overview(user):
         return {"show": False}
-    return {"show": True, "can_bulk_redrive": can_bulk_redrive(user), **overview_context()}
+    return {
+        "show": True,
+        "can_bulk_redrive": can_bulk_redrive(user),
+        "can_control_consumers": can_control_consumers(user),
+        # The pause and resume forms post back: an inclusion tag's context is its own.
+        "csrf_token": context.get("csrf_token"),
+        **overview_context(),
+    }

@@ -1,5 +1,6 @@
 """``consumers [--json | --procfile | --run-workers | --ping-workers]``: the registry, as
-deployment needs it.
+deployment needs it; ``consumers pause NAME [--reason TEXT]`` and ``consumers resume NAME``:
+hold a consumer on every host, and let it go (``events.control``).
 
 ``--run-workers`` and ``--ping-workers`` are the compose stack's ``workers`` service and
 its healthcheck: every worker the registry wants, so a new consumer app needs no edit of
@@ -14,7 +15,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.deployment import host_nodenames, procfile, run_workers, unanswered_workers
+from events.control import pause_consumer, resume_consumer
 from events.registry import Consumer, all_consumers
+
+# The listing's flags, none of which goes with pause or resume.
+FLAGS = ("json", "procfile", "run_workers", "ping_workers")
 
 
 def describe(consumer: Consumer) -> dict[str, Any]:
@@ -36,7 +41,9 @@ class Command(BaseCommand):
         "(soft/hard, seconds) and concurrency (worker processes wanted). --json prints a list "
         "of objects; --procfile prints the Procfile that bin/start runs; --run-workers runs "
         "every worker of the registry in the foreground (the compose workers service); "
-        "--ping-workers exits 1 unless each of this host's workers answers a ping."
+        "--ping-workers exits 1 unless each of this host's workers answers a ping. "
+        "'pause NAME [--reason TEXT]' holds a consumer's deliveries on every host (no "
+        "attempt counted); 'resume NAME' lets the relay send what waited, each once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -62,8 +69,21 @@ class Command(BaseCommand):
             default=10.0,
             help="seconds --ping-workers waits for the answers (default 10)",
         )
+        actions = parser.add_subparsers(dest="action", metavar="{pause,resume}")
+        pause = actions.add_parser(
+            "pause", help="hold a consumer: its deliveries wait, uncounted, until resume"
+        )
+        pause.add_argument("name", help="the consumer to pause")
+        pause.add_argument(
+            "--reason", default="", help="why, shown in event_status, /metrics and admin"
+        )
+        resume = actions.add_parser("resume", help="let a paused consumer run again")
+        resume.add_argument("name", help="the consumer to resume")
 
     def handle(self, *args: object, **options: Any) -> None:
+        if options.get("action"):
+            self._control(options)
+            return
         if options["procfile"]:
             self.stdout.write(procfile(), ending="")
             return
@@ -96,6 +116,28 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
             )
+
+    def _control(self, options: dict[str, Any]) -> None:
+        flags = [f"--{flag.replace('_', '-')}" for flag in FLAGS if options[flag]]
+        if flags:
+            raise CommandError(f"{' '.join(flags)} does not go with {options['action']}")
+        name = options["name"]
+        try:
+            if options["action"] == "pause":
+                state = pause_consumer(name=name, reason=options["reason"])
+                since = state.paused_at.isoformat(timespec="seconds") if state.paused_at else ""
+                self.stdout.write(f"{name} paused since {since}: its deliveries wait until resume")
+                return
+            result = resume_consumer(name=name)
+        except (LookupError, ValueError) as exc:
+            raise CommandError(str(exc).strip("'\"")) from None
+        if not result.was_paused:
+            self.stdout.write(f"{name} was not paused")
+            return
+        self.stdout.write(
+            f"{name} resumed: the relay sends its {result.parked} waiting deliveries "
+            "on its next pass"
+        )
 
     def _say(self, line: str) -> None:
         self.stdout.write(line)

@@ -1,8 +1,10 @@
-"""``event_status [--json] [--check [--max-dead N] [--max-waiting-seconds S]]``.
+"""``event_status [--json] [--check [--max-dead N] [--max-waiting-seconds S]
+[--max-paused-seconds S] [--max-breaker-open-seconds S]]``.
 
-Per consumer, what the ledger says. ``--check`` turns it into an alert for cron or a
-monitoring agent: exit 0 when every consumer is within the limits, 1 with one line per
-breach otherwise.
+Per consumer, what the ledger says, whether an operator paused it and which of its
+breakers are open. ``--check`` turns
+it into an alert for cron or a monitoring agent: exit 0 when every consumer is within the
+limits, 1 with one line per breach otherwise.
 """
 
 from __future__ import annotations
@@ -63,11 +65,32 @@ class Command(BaseCommand):
                 f"(default {DEFAULT_MAX_WAITING_SECONDS:g})"
             ),
         )
+        parser.add_argument(
+            "--max-breaker-open-seconds",
+            type=_non_negative(float),
+            metavar="S",
+            help="with --check: how long a breaker may stay open (default 0: any open one)",
+        )
+        parser.add_argument(
+            "--max-paused-seconds",
+            type=_non_negative(float),
+            metavar="S",
+            help="with --check: how long a consumer may stay paused (default: no limit)",
+        )
 
     def handle(self, *args: object, **options: Any) -> None:
-        limits_given = options["max_dead"] is not None or options["max_waiting_seconds"] is not None
+        limits = (
+            "max_dead",
+            "max_waiting_seconds",
+            "max_paused_seconds",
+            "max_breaker_open_seconds",
+        )
+        limits_given = any(options[limit] is not None for limit in limits)
         if limits_given and not options["check"]:
-            raise CommandError("--max-dead and --max-waiting-seconds go with --check")
+            raise CommandError(
+                "--max-dead, --max-waiting-seconds, --max-paused-seconds and "
+                "--max-breaker-open-seconds go with --check"
+            )
         status = pipeline_status()
         if options["check"]:
             self._check(status, options)
@@ -81,7 +104,14 @@ class Command(BaseCommand):
         max_dead = DEFAULT_MAX_DEAD if max_dead is None else max_dead
         max_waiting = options["max_waiting_seconds"]
         max_waiting = DEFAULT_MAX_WAITING_SECONDS if max_waiting is None else max_waiting
-        breaches = status_breaches(status, max_dead=max_dead, max_waiting_seconds=max_waiting)
+        max_paused = options["max_paused_seconds"]
+        breaches = status_breaches(
+            status,
+            max_dead=max_dead,
+            max_waiting_seconds=max_waiting,
+            max_paused_seconds=max_paused,
+            max_breaker_open_seconds=options["max_breaker_open_seconds"] or 0.0,
+        )
         for line in breaches:
             self.stdout.write(line)
         if breaches:
@@ -89,7 +119,9 @@ class Command(BaseCommand):
             sys.exit(1)
         self.stdout.write(
             f"ok: {len(status['consumers'])} consumers within the limits "
-            f"(at most {max_dead} dead, nothing waiting over {max_waiting:g} s)"
+            f"(at most {max_dead} dead, nothing waiting over {max_waiting:g} s"
+            + ("" if max_paused is None else f", none paused over {max_paused:g} s")
+            + ")"
         )
 
     def _table(self, status: dict[str, Any]) -> None:
@@ -98,13 +130,33 @@ class Command(BaseCommand):
             f"events: {events['total']} total, {events['unenqueued']} not yet enqueued"
         )
         columns = (*public_state_names(), "oldest_pending_seconds")
-        header = ("consumer", *columns)
+        header = ("consumer", *columns, "held")
         rows = [
-            (name, *("-" if figures[c] is None else str(figures[c]) for c in columns))
+            (
+                name,
+                *("-" if figures[c] is None else str(figures[c]) for c in columns),
+                _held(figures),
+            )
             for name, figures in status["consumers"].items()
         ]
         widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
             self.stdout.write(
-                "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+                "  ".join(
+                    str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+                ).rstrip()
             )
+
+
+def _held(figures: dict[str, Any]) -> str:
+    """What holds a consumer, for the table: ``paused (reason)``, ``breaker open`` (with
+    its keys), both, or ``-``."""
+    held = []
+    if figures.get("paused"):
+        reason = figures.get("paused_reason")
+        held.append(f"paused ({reason})" if reason else "paused")
+    keys = [breaker["key"] for breaker in figures.get("breakers_open", ())]
+    if keys:
+        named = [key for key in keys if key]
+        held.append("breaker open" + (f" [{', '.join(named)}]" if named else ""))
+    return "; ".join(held) or "-"
