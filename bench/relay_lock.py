@@ -56,13 +56,21 @@ def main() -> None:
         run(rows=args.rows, due=args.due, passes=args.passes)
 
 
+def consumers_of_uploads() -> list[str]:
+    """The registered consumers of ``file.uploaded``, as the registry has them."""
+    from events.registry import consumers_for
+    from uploads.events import FILE_UPLOADED
+
+    return [consumer.name for consumer in consumers_for(FILE_UPLOADED)]
+
+
 def fill(rows: int, due: int) -> None:
-    """``rows`` deliveries of the notifications consumer, four per event, all done but
-    ``due`` unsent and ``due`` sent and waiting."""
+    """``rows`` deliveries, one per consumer of ``file.uploaded`` and event, all done but
+    ``due`` of the first consumer's, sent and waiting."""
     from django.db import connection, transaction
 
-    per_event = 4
-    consumers = ["notifications", "indexing", "audit", "webhooks"]
+    consumers = consumers_of_uploads()
+    per_event = len(consumers)
     started = time.perf_counter()
     with transaction.atomic(), connection.cursor() as cursor:
         for first in range(0, rows // per_event, 10_000):
@@ -81,16 +89,16 @@ def fill(rows: int, due: int) -> None:
             )
             cursor.executemany(
                 "INSERT INTO events_delivery (event_id, consumer, state, attempts,"
-                " attempts_at_redrive, last_error, task_id, created_at, updated_at, completed_at)"
-                " VALUES (%s, %s, 'done', 1, 0, '', '', '2026-01-01 00:00:00',"
+                " attempts_at_redrive, last_error, task_id, breaker_key, created_at, updated_at,"
+                " completed_at) VALUES (%s, %s, 'done', 1, 0, '', '', '', '2026-01-01 00:00:00',"
                 " '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
                 deliveries,
             )
         cursor.execute(
             "UPDATE events_delivery SET state = 'pending', enqueued_at = '2026-01-01 00:00:00'"
-            " WHERE id IN (SELECT id FROM events_delivery WHERE consumer = 'notifications'"
+            " WHERE id IN (SELECT id FROM events_delivery WHERE consumer = %s"
             " ORDER BY id DESC LIMIT %s)",
-            [due],
+            [consumers[0], due],
         )
     print(f"filled {rows:,} deliveries in {time.perf_counter() - started:.0f} s")
 
@@ -103,8 +111,8 @@ def make_due(due: int) -> None:
         cursor.execute(
             "UPDATE events_delivery SET state = 'retrying', enqueued_at = NULL,"
             " retry_at = '2026-01-01 00:00:00' WHERE id IN (SELECT id FROM events_delivery"
-            " WHERE state = 'done' AND consumer = 'indexing' LIMIT %s)",
-            [due],
+            " WHERE state = 'done' AND consumer = %s LIMIT %s)",
+            [consumers_of_uploads()[-1], due],
         )
 
 
