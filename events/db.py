@@ -35,9 +35,18 @@ def now_sql() -> str:
 
 def now_plus_seconds_sql() -> str:
     """The database's clock plus a ``%s`` parameter of seconds, in SQL."""
+    return _now_shifted_sql("+")
+
+
+def seconds_ago_sql() -> str:
+    """The database's clock minus a ``%s`` parameter of seconds, in SQL."""
+    return _now_shifted_sql("-")
+
+
+def _now_shifted_sql(sign: str) -> str:
     if connection.vendor == "postgresql":
-        return "(STATEMENT_TIMESTAMP() + make_interval(secs => %s))"
-    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '+' || %s || ' seconds')"
+        return f"(STATEMENT_TIMESTAMP() {sign} make_interval(secs => %s))"
+    return f"STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '{sign}' || %s || ' seconds')"
 
 
 def fetch_instance(model: type[M], pk: object) -> M | None:
@@ -94,10 +103,3 @@ def _select_by_pk(model: type[Model], alias: str) -> tuple[str, list[str], list[
             )
         )
     return sql, [field.attname for field in fields], converters
-
-
-def seconds_ago_sql() -> str:
-    """The database's clock minus a ``%s`` parameter of seconds, in SQL."""
-    if connection.vendor == "postgresql":
-        return "(STATEMENT_TIMESTAMP() - make_interval(secs => %s))"
-    return "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW', '-' || %s || ' seconds')"

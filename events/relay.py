@@ -49,6 +49,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
+from redis.exceptions import LockError
 
 from events.breaker import OPEN_BREAKER_SQL, take_due_probes
 from events.control import running_consumers
@@ -154,7 +155,7 @@ def _relay_lock(client: Any) -> Iterator[bool]:
     finally:
         try:
             lock.release()
-        except Exception:  # expired or lost with the broker's data: nothing left to free
+        except LockError:  # expired or lost with the broker's data: nothing left to free
             logger.debug("relay lock already gone")
 
 
