@@ -539,6 +539,20 @@ def signed_in(client: Client, user: User) -> Client:
     return client
 
 
+@pytest.fixture
+def delivery_viewer_client(client: Client, db: None) -> Client:
+    """The test client, signed in as staff who may view events and deliveries, no more."""
+    from django.contrib.auth.models import Permission
+
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_delivery"),
+        Permission.objects.get(codename="view_event"),
+    )
+    client.force_login(viewer)
+    return client
+
+
 # ------------------------------------------------------------------------------
 # A webhook receiver on loopback
 # ------------------------------------------------------------------------------

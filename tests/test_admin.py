@@ -353,15 +353,10 @@ def test_replay_to_consumer_action_resets_done_deliveries_too(
     assert "1 done reset to pending" in str(next(iter(response.context["messages"])))
 
 
-def test_delivery_actions_need_the_change_permission(client, published):
+def test_delivery_actions_need_the_change_permission(delivery_viewer_client, published):
+    client = delivery_viewer_client
     event = probe_event()
     dead = mark(event, "probe", "dead")
-    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(
-        Permission.objects.get(codename="view_delivery"),
-        Permission.objects.get(codename="view_event"),
-    )
-    client.force_login(viewer)
 
     page = client.get(reverse("admin:events_delivery_changelist"))
     response = client.post(
@@ -515,13 +510,10 @@ def test_admin_index_shows_no_overview_to_staff_who_may_not_view_deliveries(clie
     assert "Deliveries per consumer" not in html
 
 
-def test_admin_index_overview_offers_bulk_redrive_only_with_the_change_permission(client):
-    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(
-        Permission.objects.get(codename="view_delivery"),
-        Permission.objects.get(codename="view_event"),
-    )
-    client.force_login(viewer)
+def test_admin_index_overview_offers_bulk_redrive_only_with_the_change_permission(
+    delivery_viewer_client,
+):
+    client = delivery_viewer_client
 
     html = client.get(reverse("admin:index")).content.decode()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -243,13 +242,8 @@ def test_admin_overview_shows_the_pause_and_its_controls_pause_and_resume(admin_
     assert "Unknown consumer &#x27;mailer&#x27;" in response.content.decode()
 
 
-def test_only_staff_with_the_change_permission_may_pause(client):
-    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(
-        Permission.objects.get(codename="view_delivery"),
-        Permission.objects.get(codename="view_event"),
-    )
-    client.force_login(viewer)
+def test_only_staff_with_the_change_permission_may_pause(delivery_viewer_client):
+    client = delivery_viewer_client
 
     html = client.get(reverse("admin:index")).content.decode()
     assert 'id="index-events-overview"' in html
