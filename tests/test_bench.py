@@ -29,7 +29,7 @@ def test_bench_prints_every_ratio_at_a_tiny_size() -> None:
     else:
         command += ["--database", "sqlite"]
 
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=420)
 
     assert result.returncode == 0, result.stdout + result.stderr
     ratios = {}
