@@ -216,13 +216,17 @@ def test_consumers_breakers_lists_open_and_counting_breakers(user, capsys):
     assert "counting" in rows["audit"] and rows["audit"].split()[-1] == "-"
 
 
-def test_close_and_probe_commands_say_what_happens_and_refuse_what_they_cannot_do(capsys):
+def test_close_and_probe_commands_say_what_happens_and_refuse_what_they_cannot_do(user, capsys):
     make_breaker("webhook_calls", "7")
     make_breaker("notifications")
 
     call_command("consumers", "probe-breaker", "notifications")
+    assert capsys.readouterr().out.startswith("breaker notifications: nothing is parked")
+    upload_text(user)
+    call_command("consumers", "probe-breaker", "notifications")
     out = capsys.readouterr().out
     assert out.startswith("breaker notifications: the relay sends a probe on its next pass")
+    assert "(one of 1 parked delivery)" in out
     assert Breaker.objects.get(consumer="notifications").probe_at.year < 2999
 
     call_command("consumers", "close-breaker", "webhook_calls", "--key", "7")
@@ -288,7 +292,7 @@ def test_the_overview_has_probe_now_and_close_next_to_each_open_breaker(admin_cl
     assert response.status_code == 302 and response["Location"].endswith(index)
     assert Breaker.objects.get(consumer="webhook_calls").probe_at.year < 2999
     html = admin_client.get(index).content.decode()
-    assert "the relay sends a probe on its next pass" in html
+    assert "Breaker webhook_calls[7]: nothing is parked to probe with" in html
     assert "next probe due" in breaker_row(html, "webhook_calls")
 
     # close asks first, and changes nothing until confirmed
@@ -310,7 +314,7 @@ def test_the_overview_has_probe_now_and_close_next_to_each_open_breaker(admin_cl
     )
     assert confirmed.redirect_chain == [(index, 302)]
     assert not Breaker.objects.filter(consumer="notifications").exists()
-    assert "breaker notifications closed: the relay sends its 1 parked delivery" in (
+    assert "Breaker notifications closed: the relay sends its 1 parked delivery" in (
         confirmed.content.decode()
     )
 
@@ -320,7 +324,7 @@ def test_the_overview_has_probe_now_and_close_next_to_each_open_breaker(admin_cl
         {"consumer": "notifications", "action": "close-breaker", "confirmed": "yes"},
         follow=True,
     )
-    assert "breaker notifications is not open" in gone.content.decode()
+    assert "Breaker notifications is not open" in gone.content.decode()
     asked = admin_client.post(
         reverse(CONTROL_URL), {"consumer": "mailer", "action": "close-breaker"}, follow=True
     )
