@@ -2,7 +2,7 @@
 now, from the services, the ``consumers`` command and the admin overview, each recorded
 in the audit log. In-process, with a real SMTP server on loopback going down and up.
 
-With a real worker and the relay running: ``tests/test_breaker_controls_smtp.py``.
+With a real worker and the relay running: ``tests/test_breaker_smtp.py``.
 """
 
 from __future__ import annotations
