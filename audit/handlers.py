@@ -12,6 +12,6 @@ def record(envelope: Envelope) -> None:
 
 
 def record_operator_action(envelope: Envelope) -> None:
-    """Append an operator's bulk action with what it selected (the event's payload):
+    """Append an operator's action with what it selected or did (the event's payload):
     the event log is pruned in time, the audit log never."""
     append_entry(envelope, detail=dict(envelope.payload))

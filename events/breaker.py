@@ -21,6 +21,8 @@ the endpoint, so one broken endpoint never parks another's calls). Its state is 
   finishing transaction. Only when the claim saw a row: a consumer that never failed
   pays nothing per delivery. The parked deliveries are due with no message out, so the
   relay's next pass sends them all.
+- **Operators** may close an open breaker, or have the relay probe now rather than at
+  ``probe_at`` (``events.control.close_breaker`` and ``probe_breaker``).
 """
 
 from __future__ import annotations
@@ -186,18 +188,43 @@ def take_due_probes(consumers: Sequence[Consumer]) -> list[int]:
 
 
 @dataclass(frozen=True)
-class OpenBreaker:
-    """An open breaker as the monitoring shows it."""
+class BreakerState:
+    """A breaker as operators see it: open since ``opened_at``, or still counting
+    ``failures`` (``opened_at`` empty); the relay sends its next probe at ``probe_at``, and
+    ``probe_delivery_id`` is the probe sent last, until it fails."""
 
     consumer: str
     key: str
     failures: int
-    opened_at: dt.datetime
+    opened_at: dt.datetime | None
+    probe_at: dt.datetime | None = None
+    probe_delivery_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        """``notifications`` or ``webhook_calls[7]`` (``describe_key``)."""
+        return describe_key(self.consumer, self.key)
+
+    @classmethod
+    def of(cls, breaker: Breaker) -> BreakerState:
+        """The state of one ``Breaker`` row."""
+        return cls(
+            breaker.consumer,
+            breaker.key,
+            breaker.failures,
+            breaker.opened_at,
+            breaker.probe_at,
+            breaker.probe_delivery_id,
+        )
 
 
-def open_breakers() -> list[OpenBreaker]:
+def open_breakers() -> list[BreakerState]:
     """Every open breaker, oldest first."""
-    return [
-        OpenBreaker(b.consumer, b.key, b.failures, b.opened_at)
-        for b in Breaker.objects.filter(opened_at__isnull=False).order_by("opened_at")
-    ]
+    opened = Breaker.objects.filter(opened_at__isnull=False).order_by("opened_at")
+    return [BreakerState.of(b) for b in opened]
+
+
+def all_breakers() -> list[BreakerState]:
+    """Every breaker with a row: the open ones (oldest first), then those counting failures."""
+    counting = Breaker.objects.filter(opened_at__isnull=True).order_by("consumer", "key")
+    return open_breakers() + [BreakerState.of(b) for b in counting]

@@ -1,7 +1,8 @@
-"""The events housekeeping publishes: operators' bulk actions, for the audit log.
+"""The events housekeeping publishes: operators' actions, for the audit log.
 
-Only the audit consumer handles them (``audit/consumer.py``), so a bulk action is chained
-into the audit log with who did it and what it selected.
+Only the audit consumer handles them (``audit/consumer.py``), so a bulk redrive is chained
+into the audit log with who did it and what it selected, and a control (pause, resume,
+close a breaker, probe now: ``housekeeping.controls``) with who did it and what came of it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from events import EventSchema, schemas
 
 OPERATOR_REDRIVE = "operator.redrive"
+OPERATOR_CONTROL = "operator.control"
 
 schemas.declare(
     EventSchema(
@@ -23,6 +25,27 @@ schemas.declare(
             "filter": dict,
             # The number of deliveries the operator saw and confirmed.
             "confirmed_count": int,
+        },
+    )
+)
+
+schemas.declare(
+    EventSchema(
+        type=OPERATOR_CONTROL,
+        version=1,
+        fields={
+            # The operator: a username, or the account running the command line. The
+            # event's actor is the user id (none from the command line).
+            "operator": str,
+            # pause, resume, close-breaker or probe-breaker (housekeeping.controls.Control).
+            "action": str,
+            "consumer": str,
+            # The breaker's key ("" for the consumer's own breaker, and for pause/resume).
+            "key": str,
+            # Why, for a pause ("" otherwise).
+            "reason": str,
+            # What came of it, as the operator was told ("breaker notifications closed: …").
+            "outcome": str,
         },
     )
 )

@@ -1,8 +1,9 @@
 """Admin for the event log and the delivery ledger, the events overview and bulk redrive.
 
 History is read-only: events and delivery rows are never edited by hand. The only
-writes are the two delivery actions, the bulk redrive and the overview's pause and resume
-controls (``events.control``); the first three go through
+writes are the two delivery actions, the bulk redrive and the overview's controls (pause
+and resume a consumer, close a breaker or probe it now: ``housekeeping.controls``, each
+recorded in the audit log); the first three go through
 ``housekeeping.replay`` (the bulk redrive through ``housekeeping.redrive``, in a task) so
 a re-delivery takes the same path (ledger lock, dedupe, retries) as a first delivery.
 The overview also heads the admin index (``admin/events/index.html``).
@@ -11,19 +12,23 @@ The overview also heads the admin index (``admin/events/index.html``).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import Truncator
 
-from events.control import pause_consumer, resume_consumer
+from events.control import find_open_breaker, parked_deliveries
 from events.models import Delivery, DeliveryAttempt, Event
+from housekeeping.controls import Control, Operator, run_control
 from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
 from housekeeping.replay import ReplayReport, redeliver_deliveries
 from monitoring.forms import BulkRedriveForm
@@ -31,6 +36,8 @@ from monitoring.overview import (
     can_bulk_redrive,
     can_control_consumers,
     can_view_overview,
+    format_age,
+    next_probe_at,
     overview_context,
 )
 
@@ -39,6 +46,7 @@ OVERVIEW_TEMPLATE = "admin/events/overview.html"
 admin.site.index_template = "admin/events/index.html"
 CHANGE_LIST_TEMPLATE = "admin/events/change_list_with_overview.html"
 BULK_REDRIVE_TEMPLATE = "admin/events/bulk_redrive.html"
+CLOSE_BREAKER_TEMPLATE = "admin/events/close_breaker.html"
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -115,36 +123,63 @@ class EventAdmin(ReadOnlyAdmin):
         return [overview, control, *super().get_urls()]
 
     def consumer_control_view(self, request: HttpRequest) -> HttpResponse:
-        """POST ``consumer`` and ``action`` (``pause`` with a ``reason``, or ``resume``):
-        the overview's controls, through the services ``consumers pause|resume`` runs."""
+        """POST ``consumer`` and ``action``: ``pause`` (with a ``reason``), ``resume``,
+        ``close-breaker`` or ``probe-breaker`` (with the breaker's ``key``). The overview's
+        controls, through ``housekeeping.controls`` as ``consumers`` runs them, recorded in
+        the audit log. Closing a breaker asks first: without ``confirmed=yes`` the answer
+        is a page that says what closing will send, and changes nothing."""
         if not can_control_consumers(request.user):
             raise PermissionDenied
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         name = request.POST.get("consumer", "")
         action = request.POST.get("action", "")
+        key = request.POST.get("key", "")
+        back = self._back(request)
         try:
-            if action == "pause":
-                pause_consumer(name=name, reason=request.POST.get("reason", "").strip())
-                text = f"{name} paused: its deliveries wait, uncounted, until you resume it."
-            elif action == "resume":
-                result = resume_consumer(name=name)
-                text = (
-                    f"{name} resumed: the relay sends its {result.parked} waiting deliveries."
-                    if result.was_paused
-                    else f"{name} was not paused."
-                )
-            else:
-                raise ValueError(f"unknown action {action!r}")
+            if action == Control.CLOSE_BREAKER and request.POST.get("confirmed") != "yes":
+                return self._confirm_close_breaker(request, name, key, back)
+            text = run_control(
+                action=action,
+                consumer=name,
+                key=key,
+                reason=request.POST.get("reason", "").strip(),
+                operator=Operator.of_user(request.user),  # type: ignore[arg-type]
+            )
         except (LookupError, ValueError) as exc:
             self.message_user(request, str(exc).strip("'\""), messages.ERROR)
         else:
-            self.message_user(request, text, messages.SUCCESS)
-        # Back where the form was: the admin index or the overview page.
-        back = request.META.get("HTTP_REFERER", "")
-        if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
-            back = reverse("admin:events_overview")
+            self.message_user(request, text + ".", messages.SUCCESS)
         return HttpResponseRedirect(back)
+
+    def _back(self, request: HttpRequest) -> str:
+        """Where the control was: the admin index or the overview page (a path on this
+        site, from the confirmation's ``next`` or the referer), else the overview."""
+        back = request.POST.get("next") or request.META.get("HTTP_REFERER", "")
+        if back and url_has_allowed_host_and_scheme(
+            back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            parts = urlsplit(back)
+            return parts.path + (f"?{parts.query}" if parts.query else "")
+        return reverse("admin:events_overview")
+
+    def _confirm_close_breaker(
+        self, request: HttpRequest, name: str, key: str, back: str
+    ) -> HttpResponse:
+        """What closing the breaker does, and a form that does it (``confirmed=yes``)."""
+        breaker = find_open_breaker(consumer=name, key=key)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Close breaker {breaker.name}?",
+            "opts": self.model._meta,
+            "breaker": breaker,
+            "open_for": format_age((timezone.now() - breaker.opened_at).total_seconds()),
+            "next_probe": next_probe_at(breaker.probe_at),
+            "parked": parked_deliveries(consumer=name, key=key).count(),
+            "reopens_after": settings.EVENTS_BREAKER_FAILURES,
+            "back": back,
+        }
+        return TemplateResponse(request, CLOSE_BREAKER_TEMPLATE, context)
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         """Per consumer, the ``event_status`` figures and charts of its last hour, and the

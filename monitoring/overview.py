@@ -9,10 +9,12 @@ hour (one).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 
 from events.models import Delivery
@@ -63,13 +65,24 @@ def format_age(seconds: float | None) -> str:
     return " ".join(shown[:2]) or "0 s"
 
 
+def next_probe(seconds: float | None) -> str:
+    """When an open breaker's relay probe goes: ``"in 25 s"``, or ``"due"`` (next pass)."""
+    return f"in {format_age(seconds)}" if seconds else "due"
+
+
+def next_probe_at(probe_at: dt.datetime | None) -> str:
+    """``next_probe`` for an open breaker's ``probe_at``, from now."""
+    wait = (probe_at - timezone.now()).total_seconds() if probe_at else 0.0
+    return next_probe(max(wait, 0.0))
+
+
 def consumer_rows(
     ledgers: dict[str, ConsumerLedger], status: dict[str, Any], states: list[str]
 ) -> list[dict[str, Any]]:
     """One row per consumer: its count per state (each linking to those deliveries in
     admin), the age of its oldest waiting delivery, whether any is dead, whether an
     operator paused it (since when, why), which the controls next to it change, and its
-    open breakers (key, for how long).
+    open breakers (key, for how long, when the next probe goes), each with its controls.
     """
     changelist = reverse("admin:events_delivery_changelist")
     registered = {consumer.name for consumer in all_consumers()}
@@ -93,7 +106,11 @@ def consumer_rows(
                 "paused_for": format_age(figures["paused_seconds"]),
                 "registered": name in registered,
                 "breakers_open": [
-                    {"key": b["key"], "open_for": format_age(b["open_seconds"])}
+                    {
+                        "key": b["key"],
+                        "open_for": format_age(b["open_seconds"]),
+                        "next_probe": next_probe(b["next_probe_seconds"]),
+                    }
                     for b in figures["breakers_open"]
                 ],
             }

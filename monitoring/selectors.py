@@ -99,11 +99,16 @@ def _seconds_since(since: dt.datetime | None, now: dt.datetime) -> float | None:
     return round(max((now - since).total_seconds(), 0.0), 3) if since else None
 
 
+def _seconds_until(when: dt.datetime | None, now: dt.datetime) -> float | None:
+    return round(max((when - now).total_seconds(), 0.0), 3) if when else None
+
+
 def consumer_controls(now: dt.datetime) -> dict[str, dict[str, Any]]:
     """Consumer → what holds it: ``paused``, ``paused_reason``, ``paused_seconds`` (how
     long, or ``None``) and ``breakers_open`` (a list of ``{"key", "failures",
-    "open_seconds"}``, key ``""`` for the consumer's own breaker). Consumers held by
-    nothing get ``not_held()``. Two small queries (``ConsumerState``, ``Breaker``)."""
+    "open_seconds", "next_probe_seconds"}``, key ``""`` for the consumer's own breaker;
+    the next probe is due when that is 0). Consumers held by nothing get ``not_held()``.
+    Two small queries (``ConsumerState``, ``Breaker``)."""
     controls: dict[str, dict[str, Any]] = defaultdict(not_held)
     for state in ConsumerState.objects.filter(paused=True):
         controls[state.name].update(
@@ -117,6 +122,7 @@ def consumer_controls(now: dt.datetime) -> dict[str, dict[str, Any]]:
                 "key": breaker.key,
                 "failures": breaker.failures,
                 "open_seconds": _seconds_since(breaker.opened_at, now),
+                "next_probe_seconds": _seconds_until(breaker.probe_at, now),
             }
         )
     return controls

@@ -1,6 +1,9 @@
 """``consumers [--json | --procfile | --run-workers | --ping-workers]``: the registry, as
-deployment needs it; ``consumers pause NAME [--reason TEXT]`` and ``consumers resume NAME``:
-hold a consumer on every host, and let it go (``events.control``).
+deployment needs it. The controls (``housekeeping.controls``, each recorded in the audit
+log): ``consumers pause NAME [--reason TEXT]`` and ``consumers resume NAME`` hold a
+consumer on every host and let it go; ``consumers breakers`` lists the breakers,
+``consumers close-breaker NAME [--key KEY]`` closes an open one and ``consumers
+probe-breaker NAME [--key KEY]`` has the relay probe it on its next pass.
 
 ``--run-workers`` and ``--ping-workers`` are the compose stack's ``workers`` service and
 its healthcheck: every worker the registry wants, so a new consumer app needs no edit of
@@ -13,12 +16,16 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from config.deployment import host_nodenames, procfile, run_workers, unanswered_workers
-from events.control import pause_consumer, resume_consumer
+from events.breaker import BreakerState, all_breakers
+from events.control import parked_deliveries
 from events.registry import Consumer, all_consumers
+from housekeeping.controls import Control, Operator, run_control
+from monitoring.overview import format_age, next_probe_at
 
-# The listing's flags, none of which goes with pause or resume.
+# The listing's flags, none of which goes with a subcommand.
 FLAGS = ("json", "procfile", "run_workers", "ping_workers")
 
 
@@ -35,6 +42,24 @@ def describe(consumer: Consumer) -> dict[str, Any]:
     }
 
 
+def describe_breaker(breaker: BreakerState) -> tuple[str, str, str, str, str]:
+    """A row of ``consumers breakers``: name, state, failures, next probe, parked."""
+    if breaker.opened_at is None:
+        return (breaker.name, "counting", str(breaker.failures), "-", "-")
+    now = timezone.now()
+    probe = next_probe_at(breaker.probe_at)
+    if breaker.probe_delivery_id is not None:
+        probe += f" (#{breaker.probe_delivery_id} out)"
+    parked = parked_deliveries(consumer=breaker.consumer, key=breaker.key).count()
+    return (
+        breaker.name,
+        f"open {format_age((now - breaker.opened_at).total_seconds())}",
+        str(breaker.failures),
+        probe,
+        str(parked),
+    )
+
+
 class Command(BaseCommand):
     help = (
         "List the registered consumers: name, queue, event types, max attempts, time limits "
@@ -43,7 +68,12 @@ class Command(BaseCommand):
         "every worker of the registry in the foreground (the compose workers service); "
         "--ping-workers exits 1 unless each of this host's workers answers a ping. "
         "'pause NAME [--reason TEXT]' holds a consumer's deliveries on every host (no "
-        "attempt counted); 'resume NAME' lets the relay send what waited, each once."
+        "attempt counted); 'resume NAME' lets the relay send what waited, each once. "
+        "'breakers' lists the breakers (open, or counting failures); 'close-breaker NAME "
+        "[--key KEY]' closes an open one when its dependency is back (what it parked goes "
+        "out at once); 'probe-breaker NAME [--key KEY]' has the relay send a probe on its "
+        "next pass instead of at the probe interval. Each control is recorded in the audit "
+        "log; an unknown consumer or a breaker that is not open is an error (exit 1)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -69,7 +99,9 @@ class Command(BaseCommand):
             default=10.0,
             help="seconds --ping-workers waits for the answers (default 10)",
         )
-        actions = parser.add_subparsers(dest="action", metavar="{pause,resume}")
+        actions = parser.add_subparsers(
+            dest="action", metavar="{pause,resume,breakers,close-breaker,probe-breaker}"
+        )
         pause = actions.add_parser(
             "pause", help="hold a consumer: its deliveries wait, uncounted, until resume"
         )
@@ -79,6 +111,31 @@ class Command(BaseCommand):
         )
         resume = actions.add_parser("resume", help="let a paused consumer run again")
         resume.add_argument("name", help="the consumer to resume")
+        actions.add_parser(
+            "breakers",
+            help="list the breakers: open (for how long, next probe, parked deliveries) "
+            "or counting failures",
+        )
+        for action, text in (
+            (
+                Control.CLOSE_BREAKER,
+                "close an open breaker: its dependency is back, what it parked goes out at "
+                "once (if it is still down, the breaker opens again after a few failures)",
+            ),
+            (
+                Control.PROBE_BREAKER,
+                "have the relay send a probe on its next pass instead of at the probe "
+                "interval (a success closes the breaker)",
+            ),
+        ):
+            control = actions.add_parser(action, help=text)
+            control.add_argument("name", help="the consumer whose breaker it is")
+            control.add_argument(
+                "--key",
+                default="",
+                help="the breaker's key, for a consumer with one breaker per key (webhook_calls: "
+                "the endpoint id); default: the consumer's own breaker",
+            )
 
     def handle(self, *args: object, **options: Any) -> None:
         if options.get("action"):
@@ -111,33 +168,42 @@ class Command(BaseCommand):
             )
             for row in rows
         ]
-        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        for line in table:
-            self.stdout.write(
-                "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-            )
+        self._write_table(table)
 
     def _control(self, options: dict[str, Any]) -> None:
         flags = [f"--{flag.replace('_', '-')}" for flag in FLAGS if options[flag]]
         if flags:
             raise CommandError(f"{' '.join(flags)} does not go with {options['action']}")
-        name = options["name"]
+        if options["action"] == "breakers":
+            self._list_breakers()
+            return
         try:
-            if options["action"] == "pause":
-                state = pause_consumer(name=name, reason=options["reason"])
-                since = state.paused_at.isoformat(timespec="seconds") if state.paused_at else ""
-                self.stdout.write(f"{name} paused since {since}: its deliveries wait until resume")
-                return
-            result = resume_consumer(name=name)
+            outcome = run_control(
+                action=Control(options["action"]),
+                consumer=options["name"],
+                key=options.get("key", ""),
+                reason=options.get("reason", ""),
+                operator=Operator.at_command_line(),
+            )
         except (LookupError, ValueError) as exc:
             raise CommandError(str(exc).strip("'\"")) from None
-        if not result.was_paused:
-            self.stdout.write(f"{name} was not paused")
+        self.stdout.write(outcome)
+
+    def _list_breakers(self) -> None:
+        breakers = all_breakers()
+        if not breakers:
+            self.stdout.write("no breaker has counted a failure: every consumer's deliveries run")
             return
-        self.stdout.write(
-            f"{name} resumed: the relay sends its {result.parked} waiting deliveries "
-            "on its next pass"
-        )
+        header = ("breaker", "state", "failures", "next probe", "parked")
+        self._write_table([header] + [describe_breaker(breaker) for breaker in breakers])
+
+    def _write_table(self, table: list[tuple[str, ...]]) -> None:
+        """Left-aligned columns, two spaces apart, the first row the header."""
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        for line in table:
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+            )
 
     def _say(self, line: str) -> None:
         self.stdout.write(line)
