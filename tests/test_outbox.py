@@ -254,7 +254,7 @@ def test_event_status_prints_a_table_by_default(user, capsys):
     call_command("event_status")
 
     out = capsys.readouterr().out
-    assert "events: 1 total, 1 not yet enqueued" in out
+    assert "events: 1 total, 1 with no message out" in out
     assert out.splitlines()[1].split() == [
         "consumer",
         "done",

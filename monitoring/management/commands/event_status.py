@@ -127,7 +127,8 @@ class Command(BaseCommand):
     def _table(self, status: dict[str, Any]) -> None:
         events = status["events"]
         self.stdout.write(
-            f"events: {events['total']} total, {events['unenqueued']} not yet enqueued"
+            f"events: {events['total']} total, {events['unenqueued']} with no message out"
+            " (a retry before its time, a parked or paused delivery, or due for the relay)"
         )
         columns = (*public_state_names(), "oldest_pending_seconds")
         header = ("consumer", *columns, "held")
