@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from events.breaker import take_due_probes
 from events.delivery import run_delivery
@@ -133,10 +134,13 @@ def test_one_probe_at_a_time_and_a_successful_probe_closes_it_and_frees_the_park
         run(Delivery.objects.get(pk=probe))
 
     assert not Breaker.objects.exists()
-    # closed: every parked delivery is due at once, and runs
-    assert {d.pk for d in deliveries if fresh(d).state != "done"} <= set(
-        due_delivery_ids(["probe"], limit=100)
-    )
+    # closed: every parked delivery is due at once, and runs. A probe that failed just
+    # before the last one succeeded waits out its own backoff (at most a second) first.
+    now = timezone.now()
+    waiting = [fresh(d) for d in deliveries if fresh(d).state != "done"]
+    parked = {d.pk for d in waiting if d.retry_at is None or d.retry_at <= now}
+    assert len(parked) >= 2, [(d.pk, d.state, d.retry_at) for d in waiting]
+    assert parked <= set(due_delivery_ids(["probe"], limit=100))
     # Each still fails its first three tries (by its own count): let them, without the
     # breaker reopening, to see every one of them run to done.
     settings.EVENTS_BREAKER_FAILURES = ALWAYS
