@@ -6,7 +6,7 @@ Its name is written here and nowhere else: other code that needs it reads
 
 from audit import handlers
 from events import Consumer, register_consumer
-from housekeeping.events import OPERATOR_CONTROL, OPERATOR_REDRIVE
+from housekeeping.events import OPERATOR_CONTROL, OPERATOR_REDRIVE, OPERATOR_REPLAY
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 
 consumer = register_consumer(
@@ -18,6 +18,7 @@ consumer = register_consumer(
             FILE_DELETED: handlers.record,
             OPERATOR_REDRIVE: handlers.record_operator_action,
             OPERATOR_CONTROL: handlers.record_operator_action,
+            OPERATOR_REPLAY: handlers.record_operator_action,
         },
         # Concurrent appends that lose the race for the chain head retry quickly.
         max_attempts=12,

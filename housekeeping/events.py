@@ -1,7 +1,8 @@
 """The events housekeeping publishes: operators' actions, for the audit log.
 
 Only the audit consumer handles them (``audit/consumer.py``), so a bulk redrive is chained
-into the audit log with who did it and what it selected, and a control (pause, resume,
+into the audit log with who did it and what it selected (from the admin, or from
+``replay_events`` on the command line), and a control (pause, resume,
 close a breaker, probe now: ``housekeeping.controls``) with who did it and what came of it.
 """
 
@@ -11,6 +12,7 @@ from events import EventSchema, schemas
 
 OPERATOR_REDRIVE = "operator.redrive"
 OPERATOR_CONTROL = "operator.control"
+OPERATOR_REPLAY = "operator.replay"
 
 schemas.declare(
     EventSchema(
@@ -45,6 +47,24 @@ schemas.declare(
             # Why, for a pause ("" otherwise).
             "reason": str,
             # What came of it, as the operator was told ("breaker notifications closed: …").
+            "outcome": str,
+        },
+    )
+)
+
+schemas.declare(
+    EventSchema(
+        type=OPERATOR_REPLAY,
+        version=1,
+        fields={
+            # The operator, as for a control (the account running the command line).
+            "operator": str,
+            # publish or inline (housekeeping.replay.Mode; a dry run is not recorded).
+            "mode": str,
+            # What ``replay_events`` selected (``ReplaySelection.to_json``).
+            "selection": dict,
+            # What came of it, as the operator was told ("12 events read, …"), or how it
+            # stopped ("stopped by KeyboardInterrupt after 500 events").
             "outcome": str,
         },
     )

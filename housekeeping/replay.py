@@ -47,10 +47,13 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, QuerySet
 from django.db.models.functions import Now
 
+from events import record_event
 from events.delivery import claim_batch, run_claimed, run_delivery
 from events.models import Delivery, Event
 from events.outbox import publish_deliveries_now
 from events.registry import Consumer, all_consumers, get_consumer
+from housekeeping.controls import Operator
+from housekeeping.events import OPERATOR_REPLAY
 from housekeeping.progress import ProgressCallback
 from housekeeping.selectors import events_in_chunks
 
@@ -95,6 +98,20 @@ class ReplaySelection:
     force: bool = False
     # Only deliveries whose last error contains this text (case-insensitive); "": any.
     error_contains: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        """The selection as the audit log keeps it (``record_replay``)."""
+        return {
+            "consumers": list(self.consumers),
+            "types": list(self.types),
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "event_ids": [str(event_id) for event_id in self.event_ids],
+            "upload_ids": list(self.upload_ids),
+            "dead_only": self.dead_only,
+            "force": self.force,
+            "error_contains": self.error_contains,
+        }
 
     def handled_types(self) -> list[str]:
         """The event types to read: those asked for that a selected consumer handles."""
@@ -201,6 +218,47 @@ def count_selected_events(selection: ReplaySelection) -> int:
 # ------------------------------------------------------------------------------
 # Replaying
 # ------------------------------------------------------------------------------
+def record_replay(
+    *, selection: dict[str, object], mode: Mode, operator: Operator, outcome: str
+) -> None:
+    """Record that ``operator`` replayed ``selection`` and what came of it (an
+    ``operator.replay`` event, which the audit consumer chains with who did it).
+
+    ``selection``: ``ReplaySelection.to_json()`` from ``replay_events``, or the deliveries
+    an admin action picked (``redelivery_selection``). Recorded once the replay stopped,
+    finished or not (the command records an interrupted one too), so the record is never
+    among what it replays. A dry run changes nothing and is not recorded.
+    """
+    if mode is Mode.DRY_RUN:
+        return
+    with transaction.atomic():
+        record_event(
+            event_type=OPERATOR_REPLAY,
+            aggregate_id="replay",
+            actor=operator.user_id,
+            payload={
+                "operator": operator.name,
+                "mode": str(mode),
+                "selection": selection,
+                "outcome": outcome,
+            },
+        )
+
+
+# The delivery ids an admin action's record lists; past this, it keeps their count only.
+RECORDED_DELIVERY_IDS = 1000
+
+
+def redelivery_selection(deliveries: QuerySet[Delivery], *, force: bool) -> dict[str, object]:
+    """What an admin action on ``deliveries`` selected, as ``record_replay`` keeps it."""
+    ids = list(deliveries.order_by("pk").values_list("pk", flat=True)[: RECORDED_DELIVERY_IDS + 1])
+    return {
+        "deliveries": len(ids) if len(ids) <= RECORDED_DELIVERY_IDS else deliveries.count(),
+        "delivery_ids": ids[:RECORDED_DELIVERY_IDS],
+        "force": force,
+    }
+
+
 def replay_events(
     *,
     selection: ReplaySelection,

@@ -30,7 +30,12 @@ from events.control import find_open_breaker, parked_deliveries
 from events.models import Delivery, DeliveryAttempt, Event
 from housekeeping.controls import Control, Operator, run_control
 from housekeeping.redrive import RedriveNotStarted, count_redrive, start_bulk_redrive
-from housekeeping.replay import ReplayReport, redeliver_deliveries
+from housekeeping.replay import (
+    ReplayReport,
+    record_replay,
+    redeliver_deliveries,
+    redelivery_selection,
+)
 from monitoring.forms import BulkRedriveForm
 from monitoring.overview import (
     can_bulk_redrive,
@@ -357,18 +362,28 @@ class DeliveryAdmin(ReadOnlyAdmin):
         permissions=["redeliver"],
     )
     def redeliver_selected(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        selection = redelivery_selection(queryset, force=False)
         report = redeliver_deliveries(deliveries=queryset, force=False)
-        self._report(request, report, force=False)
+        self._report(request, report, force=False, selection=selection)
 
     @admin.action(
         description="Replay selected deliveries to their consumer (done ones too)",
         permissions=["redeliver"],
     )
     def replay_to_consumer(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        selection = redelivery_selection(queryset, force=True)
         report = redeliver_deliveries(deliveries=queryset, force=True)
-        self._report(request, report, force=True)
+        self._report(request, report, force=True, selection=selection)
 
-    def _report(self, request: HttpRequest, report: ReplayReport, *, force: bool) -> None:
+    def _report(
+        self,
+        request: HttpRequest,
+        report: ReplayReport,
+        *,
+        force: bool,
+        selection: dict[str, object],
+    ) -> None:
+        """Tell the operator what the action did, and record it for the audit log."""
         tallies = report.consumers.values()
         dead = sum(t.reset_dead for t in tallies)
         done = sum(t.reset_done for t in tallies)
@@ -389,4 +404,10 @@ class DeliveryAdmin(ReadOnlyAdmin):
                 "for the relay"
             )
             level = messages.WARNING
+        record_replay(
+            selection=selection,
+            mode=report.mode,
+            operator=Operator.of_user(request.user),  # type: ignore[arg-type]
+            outcome=text,
+        )
         self.message_user(request, text + ".", level)

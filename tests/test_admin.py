@@ -19,9 +19,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from events.models import Delivery, DeliveryAttempt, Event
 from events.outbox import record_event
 from events.registry import all_consumers
+from events.testing import drain
+from housekeeping.events import OPERATOR_REPLAY
 from tests.factories import deletion_consumers, upload_consumers
 from tests.probe.handlers import PROBE_EVENT
 from uploads.events import FILE_DELETED, FILE_UPLOADED
@@ -327,6 +330,35 @@ def test_redeliver_action_resets_dead_resends_stuck_and_skips_done(
     message = str(next(iter(response.context["messages"])))
     assert "Re-sent 2 deliveries: 1 dead reset to pending, 1 open re-sent" in message
     assert "skipped 1 already done" in message
+
+
+def test_redeliver_actions_are_chained_into_the_audit_log_with_the_operator(
+    admin_client, admin_user, published, django_capture_on_commit_callbacks
+):
+    event = probe_event()
+    dead = mark(event, "probe", "dead", last_error="boom")
+    done = mark(event, "probe_peer", "done", completed_at=timezone.now())
+
+    for action, picked in (("redeliver_selected", dead), ("replay_to_consumer", done)):
+        with django_capture_on_commit_callbacks(execute=True):
+            admin_client.post(
+                reverse("admin:events_delivery_changelist"),
+                {"action": action, "_selected_action": [picked.pk]},
+            )
+
+    assert [o.outcome for o in drain("audit")] == ["done", "done"]
+    redelivered, replayed = AuditEntry.objects.filter(event_type=OPERATOR_REPLAY).order_by(
+        "sequence"
+    )
+    assert (redelivered.actor, redelivered.detail["operator"]) == (admin_user.pk, "admin")
+    assert redelivered.detail["selection"] == {
+        "deliveries": 1,
+        "delivery_ids": [dead.pk],
+        "force": False,
+    }
+    assert redelivered.detail["outcome"].startswith("Re-sent 1 deliveries: 1 dead reset")
+    assert replayed.detail["selection"]["force"] is True
+    assert replayed.detail["selection"]["delivery_ids"] == [done.pk]
 
 
 def test_replay_to_consumer_action_resets_done_deliveries_too(

@@ -29,6 +29,8 @@ from events.outbox import record_event
 from events.registry import Consumer, register_consumer
 from events.relay import due_delivery_ids
 from events.schemas import Envelope
+from events.testing import drain
+from housekeeping.events import OPERATOR_REPLAY
 from housekeeping.replay import Mode, ReplaySelection, replay_events, selected_events
 from notifications.models import Notification
 from tests.factories import (
@@ -197,7 +199,8 @@ def test_replay_selects_dead_deliveries_by_each_flag(
     names = {event.id: name for name, event in dead_events.items()}
     assert {(consumer, names[event_id]) for consumer, event_id in published.sent} == expected
     assert len(published.sent) == len(expected)
-    reset = Delivery.objects.filter(state="pending")
+    # (the audit log's delivery of the replay's own record is pending too)
+    reset = Delivery.objects.filter(state="pending").exclude(event__type=OPERATOR_REPLAY)
     assert {(d.consumer, names[d.event_id]) for d in reset} == expected
     # What was not selected stays dead.
     assert Delivery.objects.filter(state="dead").count() == 8 - len(expected)
@@ -244,6 +247,33 @@ def test_error_contains_narrows_a_dead_replay_to_matching_last_errors(db, publis
     assert set(Delivery.objects.filter(event=refused).values_list("state", flat=True)) == {"dead"}
     assert "probe: re-delivering 1 (0 missing created, 1 dead reset" in out
     assert "probe_peer: re-delivering 0 " in out
+
+
+def test_a_replay_from_the_command_line_is_chained_into_the_audit_log_with_its_filter(
+    db, published, replay
+):
+    # given a dead delivery an operator redrives from the command line
+    timed_out = probe_event()
+    set_state(timed_out, "dead")
+    Delivery.objects.filter(event=timed_out, consumer="probe").update(last_error="SMTP timeout")
+
+    replay("--dead", "--error-contains", "timeout", "--consumer", "probe", "--since", "2020-01-01")
+    replay("--dead", "--dry-run")  # changes nothing, so records nothing
+
+    # then the audit consumer chains who did it and what they selected
+    assert [o.outcome for o in drain("audit")] == ["done"]
+    [entry] = AuditEntry.objects.filter(event_type=OPERATOR_REPLAY)
+    assert entry.actor is None  # no signed-in user on the command line
+    assert entry.detail["operator"].endswith("(command line)")
+    assert entry.detail["mode"] == "publish"
+    selection = entry.detail["selection"]
+    assert (selection["consumers"], selection["dead_only"], selection["error_contains"]) == (
+        ["probe"],
+        True,
+        "timeout",
+    )
+    assert selection["since"].startswith("2020-01-01")
+    assert published.sent == [("probe", timed_out.id)]
 
 
 def test_error_contains_without_dead_resends_matching_open_ones_and_backfills_nothing(

@@ -25,6 +25,7 @@ from django.utils import timezone
 from events.models import Event
 from events.registry import all_consumers, get_consumer
 from events.schemas import schemas
+from housekeeping.controls import Operator
 from housekeeping.management.arguments import positive_int
 from housekeeping.progress import terminal_progress
 from housekeeping.replay import (
@@ -34,6 +35,7 @@ from housekeeping.replay import (
     ReplayReport,
     ReplaySelection,
     count_selected_events,
+    record_replay,
     replay_events,
 )
 
@@ -137,15 +139,38 @@ class Command(BaseCommand):
         else:
             mode = Mode.PUBLISH
 
-        with terminal_progress(
-            self.stdout,
-            total=lambda: count_selected_events(selection),
-            desc=_LABELS[mode],
-            unit="events",
-        ) as on_progress:
-            report = replay_events(
-                selection=selection, mode=mode, chunk_size=chunk_size, on_progress=on_progress
+        read = 0
+
+        def on_progress_and_count(events_read: int) -> None:
+            nonlocal read
+            read = events_read
+            if on_progress is not None:  # no bar when the output is not a terminal
+                on_progress(events_read)
+
+        try:
+            with terminal_progress(
+                self.stdout,
+                total=lambda: count_selected_events(selection),
+                desc=_LABELS[mode],
+                unit="events",
+            ) as on_progress:
+                report = replay_events(
+                    selection=selection,
+                    mode=mode,
+                    chunk_size=chunk_size,
+                    on_progress=on_progress_and_count,
+                )
+        except BaseException as exc:
+            # Ctrl-C or a failure half way: the chunks already committed were replayed.
+            outcome = f"stopped by {type(exc).__name__} after {read} events read"
+            record_replay(
+                selection=selection.to_json(), mode=mode, operator=_operator(), outcome=outcome
             )
+            raise
+        outcome = summary_lines(report, selection=selection)[-1]
+        record_replay(
+            selection=selection.to_json(), mode=mode, operator=_operator(), outcome=outcome
+        )
         missing = missing_event_count(selection)
         if missing:
             self.stdout.write(
@@ -159,6 +184,10 @@ class Command(BaseCommand):
                 f"the broker is unreachable: {report.unpublished} deliveries wait in the "
                 "outbox, and the relay will publish them when it is back"
             )
+
+
+def _operator() -> Operator:
+    return Operator.at_command_line()
 
 
 def parse_selection(
