@@ -107,10 +107,14 @@ class Claim:
 
 
 def exhausted(attempts: int, attempts_at_redrive: int) -> str:
-    """ "gave up after N attempts", saying when they count from a redrive."""
+    """ "gave up after N attempts", saying when some were not counted (made before a
+    redrive, or parked under an open breaker)."""
     if not attempts_at_redrive:
         return f"gave up after {attempts} attempts"
-    return f"gave up after {attempts - attempts_at_redrive} attempts since the redrive ({attempts} in all)"
+    return (
+        f"gave up after {attempts - attempts_at_redrive} counted attempts ({attempts} in all; "
+        "those before a redrive or under an open breaker do not count)"
+    )
 
 
 def run_delivery(
@@ -429,10 +433,15 @@ def fail_delivery(
     )
     if held:
         # The breaker is open: park, due at once when it closes, even if this was the
-        # last attempt of the budget (the outage, not the delivery, is what failed).
+        # last attempt of the budget. The outage, not the delivery, is what failed, so
+        # the attempt is kept in the history but not counted against the budget: a
+        # delivery probed through a long outage still has its retries when it closes.
         error_text = reason
         outcome = DeliveryOutcome("parked", f"breaker open: {reason}")
-        changes: dict[str, Any] = _waiting(Delivery.State.RETRYING, 0)
+        changes: dict[str, Any] = {
+            **_waiting(Delivery.State.RETRYING, 0),
+            "attempts_at_redrive": F("attempts_at_redrive") + 1,
+        }
     elif permanent or claim.budget_used >= claim.consumer.max_attempts:
         error_text = reason if permanent else claim.gave_up(reason)
         outcome = DeliveryOutcome("dead", error_text)

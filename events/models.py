@@ -68,7 +68,10 @@ class Delivery(models.Model):
     )
     attempts_at_redrive = models.PositiveIntegerField(
         default=0,
-        help_text="Attempts made before its last redrive: its attempt budget counts from here.",
+        help_text=(
+            "Attempts not counted against the budget: those made before its last redrive, "
+            "and those parked under an open breaker."
+        ),
     )
     last_error = models.TextField(blank=True, default="")
     task_id = models.CharField(

@@ -161,6 +161,26 @@ def test_a_delivery_out_of_attempts_under_an_open_breaker_parks_instead_of_dying
     assert DeliveryAttempt.objects.get(delivery=delivery).outcome == "retry"
 
 
+def test_failed_probes_spend_none_of_the_delivery_attempt_budget():
+    # given a delivery probed again and again through a long outage (probe allows 4)
+    [delivery] = probe_deliveries(1, transient_failures={"probe": 6})
+    Breaker.objects.create(consumer="probe", key="", failures=3, opened_at="2026-01-01T00:00Z")
+    for _ in range(5):
+        Breaker.objects.update(probe_delivery_id=delivery.pk)
+        assert run(delivery) == "parked"
+    assert fresh(delivery).attempts == 5
+
+    # when the breaker closes and the dependency flaps once more
+    Breaker.objects.all().delete()
+    outcome = run(delivery)
+
+    # then it retries on its own budget instead of dying on its first failure, and the
+    # budget it gives up on counts the attempts made outside the breaker
+    assert outcome == "retry"
+    assert run(delivery) == "done"
+    assert fresh(delivery).attempts == 7
+
+
 def test_event_status_metrics_and_overview_show_an_open_breaker(
     client, admin_client, settings, capsys
 ):

@@ -227,7 +227,7 @@ def test_a_redriven_dead_delivery_gets_its_consumers_whole_attempt_budget_again(
     assert outcomes == ["retry", "retry", "dead"]
     delivery.refresh_from_db()
     assert delivery.attempts == 6  # counted on: the fence and the history stay unique
-    assert delivery.last_error.startswith("gave up after 3 attempts since the redrive (6 in all)")
+    assert delivery.last_error.startswith("gave up after 3 counted attempts (6 in all; ")
     assert list(delivery.tries.values_list("number", flat=True)) == [1, 2, 3, 4, 5, 6]
 
 
