@@ -12,7 +12,9 @@ Faults, all undone by ``heal``:
   dropped silently both ways, established connections hang until it comes back;
 - ``cut_route(host, address)``: the host can no longer reach one address (a blackhole
   route), everything else still works: a partition between two services only;
-- ``delay(ms)``: ``tc netem`` latency on every host's link (``netem_available``).
+- ``delay(ms)``: ``tc netem`` latency on every host's link (``netem_available``);
+  ``HostsStack.delay`` falls back to delaying proxies (tests/delay_proxy.py) on every
+  link between hosts where the kernel has no netem.
 
 These 10.x addresses exist only inside the namespaces made here (and on the
 controller's link while a topology is up); ``down`` removes all of it, processes
@@ -22,6 +24,7 @@ first, also when a test failed half way.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.delay_proxy import ProxyThread, Route
 from tests.processes import ROOT, wait_for
 
 # One /24 for the whole topology; ``unusable_reason`` refuses to start when the machine
@@ -317,8 +321,15 @@ class HostsStack:
         self.pgdata: Path | None = None
         self.seaweedfs = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.web_processes: list[subprocess.Popen[bytes]] = []
         self.token = ""
         self.receiver: WebhookReceiver | None = None
+        # While ``delay`` has latency on: "netem" or "userspace proxy"; with the proxies,
+        # each service's proxy port (same address as the service) and their processes.
+        self.latency = ""
+        self._proxy_ports: dict[str, int] = {}
+        self._proxies: list[subprocess.Popen[bytes]] = []
+        self._receiver_proxy: ProxyThread | None = None
 
     # -- life cycle ------------------------------------------------------------------
     def up(self) -> None:
@@ -357,43 +368,52 @@ class HostsStack:
         web = self.topology["web"]
         web.run([python(), "manage.py", "migrate", "--noinput", "-v0"], env=self.app_env("web"))
         self._create_user()
-        web.start(
-            [
-                python(),
-                "-m",
-                "gunicorn",
-                "config.wsgi:application",
-                "--bind",
-                f"{self.web}:{self.WEB_PORT}",
-                "--workers",
-                "3",
-                "--timeout",
-                "60",
-            ],
-            env=self.app_env("web"),
-            log="gunicorn.log",
-        )
-        web.start(
-            [
-                python(),
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "beat",
-                "-l",
-                "INFO",
-                "-s",
-                str(web.workdir / "celerybeat-schedule"),
-            ],
-            env=self.app_env("web"),
-            log="beat.log",
-        )
+        self._start_web()
         for name in self.WORKER_HOSTS:
             self.start_worker(name)
         wait_listening(self.web, self.WEB_PORT, what="gunicorn on the web host")
 
+    def _start_web(self) -> None:
+        """gunicorn and beat on the web host."""
+        web = self.topology["web"]
+        self.web_processes = [
+            web.start(
+                [
+                    python(),
+                    "-m",
+                    "gunicorn",
+                    "config.wsgi:application",
+                    "--bind",
+                    f"{self.web}:{self.WEB_PORT}",
+                    "--workers",
+                    "3",
+                    "--timeout",
+                    "60",
+                ],
+                env=self.app_env("web"),
+                log="gunicorn.log",
+            ),
+            web.start(
+                [
+                    python(),
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "beat",
+                    "-l",
+                    "INFO",
+                    "-s",
+                    str(web.workdir / "celerybeat-schedule"),
+                ],
+                env=self.app_env("web"),
+                log="beat.log",
+            ),
+        ]
+
     def down(self) -> None:
+        if self._receiver_proxy is not None:
+            self._receiver_proxy.stop()
         if self.receiver is not None:
             self.receiver.close()
         if self.pgdata is not None:
@@ -454,6 +474,10 @@ class HostsStack:
 
     def start_worker(self, name: str) -> None:
         """A Celery worker on every queue on host ``name``; returns once it is ready."""
+        self._wait_ready(name, self._spawn_worker(name))
+
+    def _spawn_worker(self, name: str) -> int:
+        """Start the worker of host ``name``; where its log stood before (for ``_wait_ready``)."""
         from config.deployment import all_queues, worker_argv
 
         host = self.topology[name]
@@ -469,6 +493,10 @@ class HostsStack:
             env=self.app_env(name),
             log="worker.log",
         )
+        return mark
+
+    def _wait_ready(self, name: str, mark: int) -> None:
+        log = self.topology[name].workdir / "worker.log"
         wait_for(
             lambda: b" ready." in log.read_bytes()[mark:],
             timeout=60,
@@ -477,7 +505,8 @@ class HostsStack:
 
     def app_env(self, host: str) -> dict[str, str]:
         """The environment of an application process on ``host``: the services'
-        addresses, S3 for files, and a folder of the host's own (mail, MEDIA_ROOT)."""
+        addresses (their delaying proxies' while ``delay`` has them on), S3 for files,
+        and a folder of the host's own (mail, MEDIA_ROOT)."""
         inherited = {
             key: value
             for key, value in os.environ.items()
@@ -485,19 +514,166 @@ class HostsStack:
                 ("AWS_", "MEDIA_", "DATABASE_", "EVENTS_", "TEST_", "CELERY_", "DJANGO_")
             )
         }
+        media = {}
+        if self.seaweedfs is not None:
+            media = {
+                **self.seaweedfs.media_env(self.bucket),
+                "AWS_S3_ENDPOINT_URL": f"http://{self.endpoint('s3')}",
+            }
         return {
             **inherited,
             "DJANGO_SETTINGS_MODULE": "config.settings.test",
-            "DATABASE_URL": f"postgres://postgres@{self.pg}:{self.PG_PORT}/uploads?connect_timeout=2",
-            "TEST_CELERY_BROKER_URL": f"redis://{self.redis}:{self.REDIS_PORT}/0",
+            "DATABASE_URL": (
+                f"postgres://postgres@{self.endpoint('pg')}/uploads?connect_timeout=2"
+            ),
+            "TEST_CELERY_BROKER_URL": f"redis://{self.endpoint('redis')}/0",
             "TEST_VAR_DIR": str(self.topology[host].workdir / "var"),
             "DJANGO_ALLOWED_HOSTS": self.web,
             # Above the longest time limit plus the longest retry (the worker checks).
             "CELERY_VISIBILITY_TIMEOUT": "125",
             "EVENTS_RELAY_INTERVAL_SECONDS": "1",
             "UPLOAD_RATE_PER_MINUTE": "0",
-            **(self.seaweedfs.media_env(self.bucket) if self.seaweedfs else {}),
+            **media,
         }
+
+    def _service_ports(self) -> dict[str, tuple[str, int]]:
+        """Each service other hosts reach: its address and its own port."""
+        ports = {"pg": (self.pg, self.PG_PORT), "redis": (self.redis, self.REDIS_PORT)}
+        if self.seaweedfs is not None:
+            # The only SeaweedFS port clients use: the S3 gateway reads and writes the
+            # volumes itself, on the services host (``links_between_hosts`` shows it).
+            ports["s3"] = (self.s3, self.seaweedfs.ports["s3.port"])
+        ports["web"] = (self.web, self.WEB_PORT)
+        return ports
+
+    def endpoint(self, service: str) -> str:
+        """``address:port`` where processes on other hosts reach ``service`` (pg, redis,
+        s3, web): its delaying proxy while ``delay`` has proxies on."""
+        address, port = self._service_ports()[service]
+        return f"{address}:{self._proxy_ports.get(service, port)}"
+
+    # -- latency ----------------------------------------------------------------------
+    def delay(self, milliseconds: int, *, method: str = "") -> str:
+        """``milliseconds`` more on every packet each host sends, as ``tc netem`` on
+        every host's link does (``method="netem"``, the default where the kernel has
+        it), or with delaying proxies on every link between hosts (``"userspace
+        proxy"``), which restarts the application processes onto them. Returns the
+        method used. The equivalence: docs/several-hosts.md ("Latency")."""
+        method = method or ("netem" if netem_available() else "userspace proxy")
+        if method == "netem":
+            self.topology.delay(milliseconds)
+        elif method == "userspace proxy":
+            self._start_proxies(milliseconds / 1000)
+        else:
+            raise ValueError(f"unknown latency method {method!r}")
+        self.latency = method
+        return method
+
+    def no_delay(self) -> None:
+        """Back to the links without latency (and the processes on them)."""
+        if self.latency == "netem":
+            self.topology.no_delay()
+        elif self.latency == "userspace proxy":
+            self._stop_proxies()
+        self.latency = ""
+
+    def _start_proxies(self, seconds: float) -> None:
+        # Netem delays what a host sends: a proxy holds the bytes its service's host
+        # sends by ``seconds``, and the bytes it receives by ``seconds`` when another
+        # host sent them, not when the controller (whose link has no netem) did. Each
+        # runs on its service's host and address, so the traffic still crosses the
+        # veth links and a route cut to the address still cuts it.
+        by_host: dict[str, list[tuple[str, Route]]] = {}
+        for service, (address, port) in self._service_ports().items():
+            # The controller is the web host's only client (the API calls of a test).
+            to_server = 0.0 if service == "web" else seconds
+            host = "web" if service == "web" else "services"
+            route = Route(address, (address, port), to_server=to_server, to_client=seconds)
+            by_host.setdefault(host, []).append((service, route))
+        for host_name, routes in by_host.items():
+            host = self.topology[host_name]
+            ports_file = host.workdir / "delay-proxy-ports.json"
+            ports_file.unlink(missing_ok=True)
+            argv = [python(), "-m", "tests.delay_proxy", "--ports-file", str(ports_file)]
+            for _, route in routes:
+                argv += [
+                    "--route",
+                    route.listen,
+                    f"{route.upstream[0]}:{route.upstream[1]}",
+                    str(route.to_server * 1000),
+                    str(route.to_client * 1000),
+                ]
+            self._proxies.append(host.start(argv, env=dict(os.environ), log="delay-proxy.log"))
+            wait_for(ports_file.exists, timeout=30, what=f"the delaying proxy on {host_name}")
+            ports = json.loads(ports_file.read_text())
+            self._proxy_ports.update(zip((service for service, _ in routes), ports, strict=True))
+        if self.receiver is not None:
+            # The workers call the receiver here, on the controller: a proxy in this
+            # process, and the endpoint's URL moved onto it.
+            address, port = self.receiver.server.server_address[:2]
+            self._receiver_proxy = ProxyThread(
+                [Route(CONTROLLER, (address, port), to_server=seconds, to_client=0.0)]
+            ).start()
+            self._set_receiver_url(f"http://{CONTROLLER}:{self._receiver_proxy.ports[0]}/hook")
+        self._restart_applications()
+
+    def _stop_proxies(self) -> None:
+        self._proxy_ports.clear()
+        if self.receiver is not None:
+            self._set_receiver_url(self.receiver.url)
+        self._restart_applications()
+        for process in self._proxies:
+            process.kill()
+            process.wait(timeout=10)
+        self._proxies.clear()
+        if self._receiver_proxy is not None:
+            self._receiver_proxy.stop()
+            self._receiver_proxy = None
+
+    def _set_receiver_url(self, url: str) -> None:
+        with self.connect() as connection:
+            connection.execute("UPDATE webhooks_endpoint SET url = %s", [url])
+
+    def _restart_applications(self) -> None:
+        """gunicorn, beat and every worker stopped (warm: what runs finishes) and started
+        again with ``app_env`` as it is now."""
+        running = [*self.web_processes, *self.workers.values()]
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait(timeout=60)
+        self._start_web()
+        marks = {name: self._spawn_worker(name) for name in self.WORKER_HOSTS}
+        for name, mark in marks.items():
+            self._wait_ready(name, mark)
+        wait_listening(self.web, self.WEB_PORT, what="gunicorn on the web host")
+
+    def links_between_hosts(self) -> tuple[list[str], list[str]]:
+        """The TCP connections from an application host to another host, one line each:
+        those through a delaying proxy, and those around them (none while ``delay`` has
+        proxies on)."""
+        proxies = {
+            (address, port)
+            for service, (address, _) in self._service_ports().items()
+            if (port := self._proxy_ports.get(service))
+        }
+        if self._receiver_proxy is not None:
+            proxies.add((CONTROLLER, self._receiver_proxy.ports[0]))
+        through: list[str] = []
+        around: list[str] = []
+        for name in ("web", *self.WORKER_HOSTS):
+            host = self.topology[name]
+            table = _run(*host.prefix(), "ss", "-tnH", "state", "established").stdout
+            for line in table.splitlines():
+                local, peer = (
+                    (address, int(port))
+                    for address, _, port in (field.rpartition(":") for field in line.split()[-2:])
+                )
+                if not peer[0].startswith(f"{SUBNET}.") or peer[0] in host.addresses:
+                    continue  # inside the host
+                link = f"{name}: {local[0]}:{local[1]} -> {peer[0]}:{peer[1]}"
+                (through if local in proxies or peer in proxies else around).append(link)
+        return through, around
 
     def _create_user(self) -> None:
         web = self.topology["web"]
@@ -541,7 +717,7 @@ class HostsStack:
         import httpx
 
         response = httpx.post(
-            f"http://{self.web}:{self.WEB_PORT}/api/uploads/",
+            f"http://{self.endpoint('web')}/api/uploads/",
             headers={"Authorization": f"Bearer {self.token}"},
             files={"file": (name, data, "text/plain")},
             timeout=timeout,
