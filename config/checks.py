@@ -49,6 +49,8 @@ class DeliveryConfig:
     serializers: Mapping[str, str] = field(default_factory=dict)
     accept_content: Sequence[str] = ("json",)
     result_accept_content: Sequence[str] | None = None
+    # PostgreSQL's idle_in_transaction_session_timeout, when set (None: SQLite, or 0: off).
+    idle_in_transaction_timeout: float | None = None
 
 
 def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
@@ -134,6 +136,22 @@ def delivery_config_problems(config: DeliveryConfig) -> list[Problem]:
                 "lease must outlast the hard time limit of the attempt that holds it",
             )
         )
+
+    # The server ends a session idle inside a transaction this long. An attempt's
+    # transaction is never idle past its hard time limit (the pool kills it there), so a
+    # timeout above the longest limit plus the margin only ever ends a silent client's.
+    idle = config.idle_in_transaction_timeout
+    attempt = longest + config.lease_margin
+    if idle and idle <= attempt:
+        problems.append(
+            Problem(
+                "events.E006",
+                f"DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS ({_s(idle)}) must exceed the "
+                f"longest task time limit ({_s(longest)}, {longest_name}) plus "
+                f"EVENTS_LEASE_MARGIN_SECONDS ({_s(config.lease_margin)}) = {_s(attempt)}: "
+                "PostgreSQL would end an attempt that is still running (or set it to 0, off)",
+            )
+        )
     return problems
 
 
@@ -173,6 +191,11 @@ def current_delivery_config(app: Any = None) -> DeliveryConfig:
         },
         accept_content=tuple(conf.accept_content or ()),
         result_accept_content=tuple(conf.result_accept_content or ()) or None,
+        idle_in_transaction_timeout=(
+            float(settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS)
+            if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+            else None
+        ),
     )
 
 

@@ -140,6 +140,22 @@ def test_a_lease_without_a_margin_past_the_time_limit_is_refused():
     assert "EVENTS_LEASE_MARGIN_SECONDS (0 s)" in problem.message
 
 
+def test_an_idle_in_transaction_timeout_shorter_than_an_attempt_is_refused():
+    # PostgreSQL would end the session of an attempt still inside its time limit
+    config = dataclasses.replace(DEFAULTS, idle_in_transaction_timeout=120)
+
+    [problem] = delivery_config_problems(config)
+    assert problem.code == "events.E006"
+    assert "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS (120 s)" in problem.message
+    assert "= 150 s" in problem.message
+
+
+def test_an_idle_in_transaction_timeout_past_every_attempt_or_off_passes():
+    for seconds in (151, 0, None):
+        config = dataclasses.replace(DEFAULTS, idle_in_transaction_timeout=seconds)
+        assert delivery_config_problems(config) == []
+
+
 def test_several_problems_are_all_reported():
     config = dataclasses.replace(
         DEFAULTS, visibility_timeout=10, reject_on_worker_lost=False, accept_content=("pickle",)

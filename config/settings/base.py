@@ -190,6 +190,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             ),
         }
     )
+# A client that stops talking inside a transaction (a worker host cut off by a network
+# partition, a frozen process) would keep its row locks until TCP keepalive notices, two
+# hours by default, and every attempt needing those rows (the delivery taken over after
+# its lease, the audit chain's next entry) would wait as long. PostgreSQL ends such a
+# session after this long idle inside a transaction; 0 turns it off. An attempt is never
+# idle that long: it is killed at its time limit (config/checks.py, events.E006).
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = env.int(
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", default=180
+)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["options"] = (
+        f"{_options.get('options', '')} -c idle_in_transaction_session_timeout="
+        f"{DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS * 1000}"
+    ).strip()
 # Keep connections between requests and tasks: Celery's Django fixup closes them after
 # every task otherwise, and reopening (plus the SQLite PRAGMAs above) costs more than a
 # delivery's own queries.
