@@ -189,8 +189,10 @@ def test_worker_host_cut_off_from_postgresql_loses_and_acknowledges_nothing(stac
 # Leases last the consumer's time limit (up to 120 s) plus the margin: minutes.
 @pytest.mark.timeout(420)
 def test_worker_host_cut_off_mid_delivery_is_taken_over_and_its_attempts_cannot_finish(stack):
-    # A slow receiver keeps webhook deliveries running when the cable is pulled.
+    # A slow receiver keeps webhook deliveries running when the cable is pulled, and
+    # worker2 is stopped until then, so that what runs is worker1's.
     stack.receiver.delay = 1.0  # under the webhook read timeout of the test settings
+    stack.stop_worker("worker2")
     mark = log_size(stack, "worker1")
     try:
         upload_ids = upload_many(stack, 4)
@@ -203,16 +205,20 @@ def test_worker_host_cut_off_mid_delivery_is_taken_over_and_its_attempts_cannot_
             what="worker1 in the middle of deliveries",
         )
         stack.topology.cut("worker1")
+        stack.start_worker("worker2")
         expected = 4 * len(upload_consumers())
         # Its leases expire (time limit + margin), the relay sends them again, worker2
-        # finishes them.
+        # finishes them; a row lock worker1's transaction held is freed by PostgreSQL's
+        # idle-in-transaction timeout, just after the leases.
         try:
-            wait_for(lambda: all_done(stack, upload_ids, expected), timeout=200, what="takeover")
+            wait_for(lambda: all_done(stack, upload_ids, expected), timeout=260, what="takeover")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{ledger_dump(stack, upload_ids)}") from None
     finally:
         stack.topology.reconnect("worker1")
         stack.receiver.delay = 0.0
+        if "worker2" not in stack.workers:  # the test failed before it started again
+            stack.start_worker("worker2")
     # worker1 is back and working (a positive sign) before its old attempts are judged.
     later = upload_many(stack, 1)
     wait_for(
