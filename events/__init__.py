@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from events.exceptions import DeliveryBusy, PermanentError, TransientError
+from events.exceptions import DeliveryBusy, DependencyUnavailable, PermanentError, TransientError
 from events.registry import Consumer, Forgotten, Handler, TwoStepHandler, register_consumer
 from events.schemas import Envelope, EventSchema, schemas
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Consumer",
     "DeliveryBusy",
+    "DependencyUnavailable",
     "Envelope",
     "EventSchema",
     "Forgotten",

@@ -7,7 +7,9 @@ the endpoint, so one broken endpoint never parks another's calls). Its state is 
 - **Counting.** A transient failure under a breaker adds one to ``failures``
   (``record_failure``, an upsert), unless the same delivery failed last: one delivery
   failing again and again (a poison message) says nothing about the dependency, and
-  retries until it is dead as before. A ``PermanentError`` (bad input) never counts; a
+  retries until it is dead as before. Unless the handler said so: a
+  ``DependencyUnavailable`` always counts, so a lone delivery in a quiet consumer
+  opens the breaker through a long outage and parks instead of going dead. A ``PermanentError`` (bad input) never counts; a
   busy release neither.
 - **Open.** At ``EVENTS_BREAKER_FAILURES`` consecutive failures the breaker opens (logged).
   Its deliveries **park**: the claim statement refuses them (``CLAIM_HOLD_SQL``), with
@@ -68,7 +70,8 @@ FAILURE_SQL = """
     VALUES (%s, %s, 1, %s)
     ON CONFLICT (consumer, breaker_key) DO UPDATE
        SET failures = events_breaker.failures
-                      + CASE WHEN events_breaker.last_failed_delivery_id
+                      + CASE WHEN %s THEN 1
+                             WHEN events_breaker.last_failed_delivery_id
                                   = excluded.last_failed_delivery_id
                              THEN 0 ELSE 1 END,
            last_failed_delivery_id = excluded.last_failed_delivery_id
@@ -101,14 +104,18 @@ def describe_key(consumer: str, key: str) -> str:
     return f"{consumer}[{key}]" if key else consumer
 
 
-def record_failure(*, consumer: Consumer, key: str, delivery_id: int) -> bool:
+def record_failure(
+    *, consumer: Consumer, key: str, delivery_id: int, dependency_down: bool = False
+) -> bool:
     """Count a transient failure under ``consumer``'s breaker ``key``; whether it is open.
 
-    Opens it at ``EVENTS_BREAKER_FAILURES``; a failed probe schedules the next one.
+    Opens it at ``EVENTS_BREAKER_FAILURES``; a failed probe schedules the next one. The
+    same delivery failing again counts only when ``dependency_down`` (the handler raised
+    ``DependencyUnavailable``).
     """
     probe_at = now_plus_seconds_sql()
     with connection.cursor() as cursor:
-        cursor.execute(FAILURE_SQL, [consumer.name, key, delivery_id])
+        cursor.execute(FAILURE_SQL, [consumer.name, key, delivery_id, dependency_down])
         breaker_id, failures, opened_at, probe_delivery_id = cursor.fetchone()
         if opened_at is not None:
             if probe_delivery_id == delivery_id:

@@ -53,7 +53,7 @@ from events.db import (
     now_sql,
     select_columns,
 )
-from events.exceptions import DeliveryBusy, PermanentError
+from events.exceptions import DeliveryBusy, DependencyUnavailable, PermanentError
 from events.models import ConsumerState, Delivery, DeliveryAttempt, Event
 from events.registry import Consumer, Handler, TwoStepHandler, get_consumer
 from events.schemas import Envelope, schemas
@@ -429,8 +429,14 @@ def fail_delivery(
     reason = describe(error)
     # A permanent error is bad input, not a failing dependency: the breaker ignores it.
     held = not permanent and breaker.record_failure(
-        consumer=claim.consumer, key=claim.breaker_key, delivery_id=claim.delivery.pk
+        consumer=claim.consumer,
+        key=claim.breaker_key,
+        delivery_id=claim.delivery.pk,
+        dependency_down=isinstance(error, DependencyUnavailable),
     )
+    if held and _parked_too_long(claim.delivery.pk):
+        # Under an open breaker for a day: count this failure again, dead on the budget.
+        held = False
     if held:
         # The breaker is open: park, due at once when it closes, even if this was the
         # last attempt of the budget. The outage, not the delivery, is what failed, so
@@ -469,6 +475,13 @@ def fail_delivery(
         outcome.outcome,
     )
     return outcome
+
+
+def _parked_too_long(delivery_id: int) -> bool:
+    """Whether the delivery is older than ``EVENTS_BREAKER_MAX_PARK_SECONDS`` (a failure
+    under an open breaker: rare, so one query more)."""
+    longest = dt.timedelta(seconds=settings.EVENTS_BREAKER_MAX_PARK_SECONDS)
+    return Delivery.objects.filter(pk=delivery_id, created_at__lt=Now() - longest).exists()
 
 
 def release_delivery(claim: Claim, busy: DeliveryBusy) -> DeliveryOutcome:

@@ -15,6 +15,19 @@ class TransientError(Exception):
     """
 
 
+class DependencyUnavailable(TransientError):
+    """What the handler depends on could not be reached (connection refused or cut, a
+    timeout, a 5xx): a fault of the dependency, not of this message.
+
+    Retried like any ``TransientError``; the difference is the consumer's breaker. It
+    counts every such failure, even one delivery failing again and again, so an outage
+    during which a single delivery waits still opens it, and that delivery parks instead
+    of going dead. A plain ``TransientError`` repeated by one delivery is never counted
+    again: it may be the message (a poison message must not hold its consumer's other
+    deliveries). Raise this only when the dependency itself failed.
+    """
+
+
 class DeliveryBusy(TransientError):
     """Another attempt is handling this delivery right now (a duplicate message).
 

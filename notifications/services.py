@@ -60,7 +60,15 @@ from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from events import Consumer, Envelope, Forgotten, PermanentError, TransientError, claim_effect
+from events import (
+    Consumer,
+    DependencyUnavailable,
+    Envelope,
+    Forgotten,
+    PermanentError,
+    TransientError,
+    claim_effect,
+)
 from notifications.models import Notification
 
 logger = logging.getLogger(__name__)
@@ -142,7 +150,10 @@ def notify_owner(envelope: Envelope, *, template: str) -> Notification:
         if rejection is None:
             _release(notification)
             if _is_transient(exc):
-                raise TransientError(f"mail to {recipient} not sent: {_describe(exc)}") from exc
+                message = f"mail to {recipient} not sent: {_describe(exc)}"
+                if _server_unreachable(exc):
+                    raise DependencyUnavailable(message) from exc
+                raise TransientError(message) from exc
             raise
         reason = f"mail to {recipient} rejected: {rejection}"
         _mark_rejected(notification, reason)
@@ -264,6 +275,17 @@ def _rejection(exc: BaseException) -> str | None:
 def _is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says the mail server could not be reached or asked us to retry."""
     return isinstance(exc, OSError | smtplib.SMTPException)
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """Whether the mail server itself failed (no connection, cut, timed out, 421 "service
+    not available"), not this one mail (a 4xx about a recipient or the message)."""
+    if isinstance(exc, smtplib.SMTPConnectError | smtplib.SMTPServerDisconnected):
+        return True
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    # Every SMTPException is an OSError; the others (recipients refused) are the mail's.
+    return isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)
 
 
 def _reply(code: int, text: bytes | str) -> str:

@@ -79,6 +79,37 @@ def test_one_delivery_failing_again_and_again_never_opens_the_breaker_and_goes_d
     assert Breaker.objects.get().opened_at is None
 
 
+def test_a_lone_delivery_whose_dependency_is_down_parks_through_the_outage_instead_of_dying():
+    # given one delivery in a quiet consumer, its dependency unreachable for a long time
+    [lone] = probe_deliveries(1, dependency_failures={"probe": ALWAYS})
+
+    # its own failures count (the handler says the dependency, not the message, failed)
+    assert [run(lone) for _ in range(3)] == ["retry", "retry", "parked"]
+    assert Breaker.objects.get().opened_at is not None
+    # and every probe through the outage parks it again, far past its budget of 4
+    for _ in range(10):
+        Breaker.objects.update(probe_delivery_id=lone.pk)
+        assert run(lone) == "parked"
+    assert (fresh(lone).state, fresh(lone).attempts) == ("retrying", 13)
+
+
+def test_a_delivery_parked_longer_than_the_longest_park_spends_its_budget_and_dies(settings):
+    # given a delivery parked under an open breaker since before the longest park
+    settings.EVENTS_BREAKER_MAX_PARK_SECONDS = 3600
+    [old] = probe_deliveries(1, dependency_failures={"probe": ALWAYS})
+    Delivery.objects.filter(pk=old.pk).update(created_at="2020-01-01T00:00:00Z")
+    Breaker.objects.create(consumer="probe", key="", failures=3, opened_at="2026-01-01T00:00Z")
+
+    outcomes = []
+    for _ in range(4):  # probe allows 4
+        Breaker.objects.update(probe_delivery_id=old.pk)
+        outcomes.append(run(old))
+
+    # then its probes count again, and it goes dead on its budget for an operator to see
+    assert outcomes == ["retry", "retry", "retry", "dead"]
+    assert fresh(old).last_error.startswith("gave up after 4 attempts")
+
+
 def test_a_success_resets_the_count_before_it_opens():
     failing = probe_deliveries(2, transient_failures={"probe": ALWAYS})
     [ok] = probe_deliveries(1)

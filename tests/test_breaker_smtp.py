@@ -117,6 +117,26 @@ def test_an_smtp_outage_ends_with_every_mail_sent_once_nothing_dead_and_few_atte
     assert not Breaker.objects.filter(consumer="notifications").exists()  # closed
 
 
+def test_one_mail_through_an_outage_longer_than_its_retries_is_sent_once_not_dead(
+    live_worker, make_worker, user, settings
+):
+    # A quiet hour: one upload, nothing else failing beside it. Its own failures open
+    # the breaker (the mail server is unreachable, not the mail at fault).
+    with mail_server_down(
+        live_worker, make_worker, settings, probe_seconds=1, log="worker-breaker-lone.log"
+    ) as server:
+        upload_until_the_breaker_opens(user, 1)
+        budget = 8  # notifications' max_attempts
+        wait_for(lambda: mail_attempts() > budget + 2, timeout=60, what="probes past its budget")
+        assert [d.state for d in notifications()] == ["retrying"]
+
+        server.start()
+
+        wait_for(lambda: notifications()[0].state == "done", timeout=60, what="the mail")
+
+    assert_each_mail_sent_once(server, 1)
+
+
 def test_probe_now_and_close_move_the_parked_mail_at_once_each_mail_once(
     live_worker, make_worker, user, settings
 ):

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from events.models import Delivery, Event
+from events.models import Delivery, DeliveryAttempt, Event
 from events.testing import drain
 from tests.factories import upload_text
 from tests.processes import wait_for
@@ -135,6 +135,9 @@ def test_500_twice_then_200_is_one_acknowledged_call_and_the_retries_are_visible
     ]
     row = EndpointDelivery.objects.get(event_id=event.id, endpoint=endpoint)
     assert (row.state, row.calls, row.last_status) == ("delivered", 3, 200)
+    # A 5xx is the endpoint's fault, not the message's: its breaker counts every one.
+    retries = DeliveryAttempt.objects.filter(delivery=delivery, outcome="retry")
+    assert [a.error.split(":")[0] for a in retries] == ["DependencyUnavailable"] * 2
 
 
 @pytest.mark.worker

@@ -15,7 +15,7 @@ How each endpoint gets each event
    Webhooks; no redirects; a total deadline), logs it (``Call``) and records how it went:
 
    - 2xx: ``delivered``; the endpoint's failure streak ends;
-   - 408, 429, 5xx, the deadline, connection errors: ``failed``; ``TransientError``
+   - 408, 429, 5xx, the deadline, connection errors: ``failed``; ``DependencyUnavailable``
      retries the delivery with the kernel's backoff (a ``Retry-After`` is kept as
      ``not_before``: a retry that comes sooner waits without counting an attempt);
    - any other answer, or a refused address: ``rejected``, final for this event; 410
@@ -58,7 +58,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from standardwebhooks.webhooks import Webhook
 
-from events import Envelope, Forgotten, TransientError, record_event
+from events import DependencyUnavailable, Envelope, Forgotten, record_event
 from events.exceptions import DeliveryBusy
 from uploads.events import FILE_DELETED, FILE_UPLOADED
 from webhooks import transport
@@ -422,7 +422,7 @@ def call_for_event(envelope: Envelope) -> None:
     """Make the one call a ``webhook.call`` event asks for, and record how it went.
 
     Returns without calling when the endpoint was deleted or disabled, or already
-    answered for good. Raises ``TransientError`` (retried by the kernel) when the call
+    answered for good. Raises ``DependencyUnavailable`` (retried by the kernel) when the call
     failed in a way worth retrying, ``DeliveryBusy`` while the receiver's
     ``Retry-After`` has not passed.
     """
@@ -461,7 +461,9 @@ def call_for_event(envelope: Envelope) -> None:
     )
     record_outcome(row=row, endpoint=endpoint, result=result)
     if result.outcome == Call.Outcome.TRANSIENT:
-        raise TransientError(f"endpoint {endpoint.pk}: {result.error}")
+        # No answer, a timeout, 408, 429 or 5xx: the endpoint failed, not this message,
+        # so its breaker counts it even when one call keeps failing alone.
+        raise DependencyUnavailable(f"endpoint {endpoint.pk}: {result.error}")
 
 
 def record_outcome(*, row: EndpointDelivery, endpoint: Endpoint, result: CallResult) -> None:

@@ -40,3 +40,7 @@ EVENTS_RETIRED_CONSUMER_GRACE_SECONDS = env.int(
 # succeeds and closes it.
 EVENTS_BREAKER_FAILURES = env.int("EVENTS_BREAKER_FAILURES", default=5)
 EVENTS_BREAKER_PROBE_SECONDS = env.float("EVENTS_BREAKER_PROBE_SECONDS", default=30.0)
+# A delivery older than this no longer parks uncounted when it fails under an open
+# breaker: its failures count again and it goes dead on its budget, so a message that
+# fails for reasons of its own (misreported as the dependency's) cannot probe for ever.
+EVENTS_BREAKER_MAX_PARK_SECONDS = env.float("EVENTS_BREAKER_MAX_PARK_SECONDS", default=86400.0)

@@ -6,6 +6,7 @@ from tests.probe import handlers
 # What a test may tell a probe handler to do, per consumer or attempt (tests/probe/handlers.py).
 INSTRUCTIONS = {
     "transient_failures": dict,
+    "dependency_failures": dict,
     "permanent_failures": list,
     "sleep_seconds": dict,
     "crash_attempts": dict,

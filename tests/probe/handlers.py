@@ -3,6 +3,7 @@
 The payload's instructions, each keyed by consumer name:
 
 * ``transient_failures``: raise ``TransientError`` on the first N attempts;
+* ``dependency_failures``: raise ``DependencyUnavailable`` on the first N attempts;
 * ``permanent_failures`` (a list of consumers): raise ``PermanentError``;
 * ``sleep_seconds``: sleep that long in ``prepare``, outside every lock, like slow I/O;
 * ``crash_attempts``: on the first N attempts, kill the process (``os._exit``) after the
@@ -26,7 +27,13 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from events import Envelope, PermanentError, TransientError, TwoStepHandler
+from events import (
+    DependencyUnavailable,
+    Envelope,
+    PermanentError,
+    TransientError,
+    TwoStepHandler,
+)
 from events.models import Delivery
 from tests.probe.models import ProbeEffect
 
@@ -96,6 +103,8 @@ def make_handler(consumer: str) -> TwoStepHandler:
             raise PermanentError(f"probe {consumer}: refused on purpose")
         if attempt <= _for(payload, "transient_failures", consumer, 0):
             raise TransientError(f"probe {consumer}: transient failure {attempt}")
+        if attempt <= _for(payload, "dependency_failures", consumer, 0):
+            raise DependencyUnavailable(f"probe {consumer}: dependency down {attempt}")
         ProbeEffect.objects.create(consumer=consumer, event_id=envelope.id)
         if attempt <= _for(payload, "crash_attempts", consumer, 0):
             os._exit(1)  # the effect is written but not committed: it must roll back
