@@ -208,6 +208,7 @@ def live_replay(harness: Harness, consumer: Any, count: int) -> Drain:
     """Stored events sent to ``consumer``'s queue by ``replay_events``, drained by workers."""
     from django.core.management import call_command
 
+    _forget_earlier_replay_records(consumer.queue)
     window = harness.bulk_events(count)
     call_command(
         "replay_events",
@@ -223,6 +224,20 @@ def live_replay(harness: Harness, consumer: Any, count: int) -> Drain:
         what=f"draining {consumer.name}",
     )
     return ledger_drain(drained, harness.window_deliveries(consumer, window), count, consumer.name)
+
+
+def _forget_earlier_replay_records(queue: str) -> None:
+    """Every ``replay_events`` run records an ``operator.replay`` event for the audit log,
+    published to the audit queue; the bench's earlier replays left theirs there, and a
+    drain of that queue would count them as its own. Drop them and their messages."""
+    from celery import current_app
+
+    from events.models import Event
+    from housekeeping.events import OPERATOR_REPLAY
+
+    Event.objects.filter(type=OPERATOR_REPLAY).delete()
+    with current_app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(queue)
 
 
 @dataclass(frozen=True)
